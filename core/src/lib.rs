@@ -1,0 +1,17 @@
+//! Aethermesh core: the sans-IO heart shared by relays, clients and the ledger
+//! sidecar. Hybrid Logical Clock stamps ([`hlc`]), last-writer-wins spaces
+//! ([`space`]), the op codec ([`op`]) and ledger record framing ([`record`]).
+//!
+//! Architecture invariant: nothing here does I/O, reads a clock or spawns a
+//! task. Time comes in as arguments; bytes come in as slices.
+
+#![warn(missing_docs)]
+
+pub mod hlc;
+pub mod op;
+pub mod record;
+pub mod space;
+
+pub use hlc::{ClockSkewError, Hlc, Stamp};
+pub use op::{Op, OpRef};
+pub use space::{Digest, Entry, Merge, Space};
