@@ -1,0 +1,186 @@
+//! Command-line and environment configuration: one typed config, every default
+//! in one place and shown by `--help`. Each flag also reads an `AETHER_*`
+//! environment variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ipnet::IpNet;
+
+/// The `aether-relay` command line.
+#[derive(Debug, Parser)]
+#[command(name = "aether-relay", version, about = "Aethermesh relay: real-time state sync over WebSockets")]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, env = "AETHER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Sub-commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// One relay on its own: local filesystem ledger, no cluster, no object storage.
+    Dev(RelayArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// When a write is acknowledged (echoed) to its writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AckMode {
+    /// After the WAL record is on disk (fdatasync).
+    Durable,
+    /// On receipt; the WAL is written in the background.
+    Memory,
+}
+
+/// Everything a single relay process needs; `run` will flatten the same groups.
+#[derive(Debug, Clone, Args)]
+pub struct RelayArgs {
+    /// Client-facing listen address (WebSocket, HTTP, metrics).
+    #[arg(long, env = "AETHER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Shared secret clients must present (`?auth_token=` or a first `auth` frame). Unset: no auth.
+    #[arg(long, env = "AETHER_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// How long a client may take to send its `auth` frame.
+    #[arg(long, env = "AETHER_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
+    /// TLS certificate chain (PEM). With `--tls-key`, serves `wss://` and `https://`.
+    #[arg(long, env = "AETHER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "AETHER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Storage settings.
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Client limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// WAL and snapshot settings.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Directory holding the WAL segments and snapshots.
+    #[arg(long, env = "AETHER_DATA_DIR", default_value = "./aether-data")]
+    pub data_dir: PathBuf,
+    /// When writes are acknowledged: after fdatasync (durable) or on receipt (memory).
+    #[arg(long, env = "AETHER_ACK", value_enum, default_value_t = AckMode::Durable)]
+    pub ack: AckMode,
+    /// A WAL segment is sealed and a new one started past this size.
+    #[arg(long, env = "AETHER_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub wal_segment_bytes: u64,
+    /// Write a snapshot once this many bytes of sealed segments are not yet covered by one.
+    #[arg(long, env = "AETHER_SNAPSHOT_AFTER_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub snapshot_after_bytes: u64,
+    /// Start even if a WAL record in the middle of a segment is corrupt, skipping it (logged with its offset).
+    #[arg(long, env = "AETHER_WAL_SKIP_CORRUPT", default_value_t = false)]
+    pub wal_skip_corrupt: bool,
+    /// Reject client stamps more than this far ahead of local time.
+    #[arg(long, env = "AETHER_MAX_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
+    pub max_clock_skew: Duration,
+}
+
+/// Per-connection and per-process limits of the browser JSON gateway.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Sustained messages per second per connection (token bucket rate); above: close 1008.
+    #[arg(long, env = "AETHER_LIMIT_MSGS_PER_SEC", default_value_t = 100.0)]
+    pub limit_msgs_per_sec: f64,
+    /// Burst of messages per connection (token bucket size).
+    #[arg(long, env = "AETHER_LIMIT_BURST", default_value_t = 200)]
+    pub limit_burst: u32,
+    /// Largest WebSocket frame or message accepted; above: close 1009.
+    #[arg(long, env = "AETHER_LIMIT_FRAME_BYTES", default_value_t = 256 * 1024)]
+    pub limit_frame_bytes: usize,
+    /// Largest JSON message applied; above: an `error` reply, the op is not applied.
+    #[arg(long, env = "AETHER_LIMIT_MESSAGE_BYTES", default_value_t = 64 * 1024)]
+    pub limit_message_bytes: usize,
+    /// Largest key, in UTF-8 bytes.
+    #[arg(long, env = "AETHER_LIMIT_KEY_BYTES", default_value_t = 256)]
+    pub limit_key_bytes: usize,
+    /// Largest value, in bytes of its JSON text.
+    #[arg(long, env = "AETHER_LIMIT_VALUE_BYTES", default_value_t = 32 * 1024)]
+    pub limit_value_bytes: usize,
+    /// Largest space name, in UTF-8 bytes.
+    #[arg(long, env = "AETHER_LIMIT_SPACE_BYTES", default_value_t = 256)]
+    pub limit_space_bytes: usize,
+    /// Open WebSocket connections in total; above: close 1013.
+    #[arg(long, env = "AETHER_LIMIT_CONNS", default_value_t = 256)]
+    pub limit_conns: usize,
+    /// Open WebSocket connections per client IP; above: close 1013.
+    #[arg(long, env = "AETHER_LIMIT_CONNS_PER_IP", default_value_t = 32)]
+    pub limit_conns_per_ip: usize,
+    /// Messages queued for one client before it is dropped as a slow consumer (close 1013).
+    #[arg(long, env = "AETHER_LIMIT_SEND_QUEUE", default_value_t = 1024)]
+    pub limit_send_queue: usize,
+    /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` header is believed. Repeat or comma-separate.
+    #[arg(long = "trusted-proxy", env = "AETHER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Interval of keep-alive pings to each client.
+    #[arg(long, env = "AETHER_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+    /// A client that sends nothing (not even a pong) for this long is disconnected.
+    #[arg(long, env = "AETHER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 5s, 2m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit {unit:?} in {s:?}: use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn dev_defaults() {
+        let cli = Cli::try_parse_from(["aether-relay", "dev"]).unwrap();
+        let Command::Dev(a) = cli.command;
+        assert_eq!(a.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(a.storage.data_dir, PathBuf::from("./aether-data"));
+        assert_eq!(a.storage.ack, AckMode::Durable);
+        assert_eq!((a.limits.limit_conns, a.limits.limit_conns_per_ip), (256, 32));
+    }
+}

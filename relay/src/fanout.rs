@@ -1,0 +1,117 @@
+//! What travels from a space to its subscribers: events, the per-connection
+//! bounded queue, and the slow-consumer kill switch.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use aether_core::Stamp;
+use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+/// One applied op, encoded lazily (once per wire format) for its subscribers.
+#[derive(Debug)]
+pub struct OpEvent {
+    /// Key (UTF-8).
+    pub key: Bytes,
+    /// Value (JSON text for browser clients), `None` for a delete.
+    pub value: Option<Bytes>,
+    /// Stamp given by the relay or the client.
+    pub stamp: Stamp,
+    json: OnceLock<Utf8Bytes>,
+}
+
+impl OpEvent {
+    /// An event for an applied op.
+    pub fn new(key: Bytes, value: Option<Bytes>, stamp: Stamp) -> Self {
+        Self { key, value, stamp, json: OnceLock::new() }
+    }
+
+    /// The browser JSON encoding (`set` or `delete`), built by the first caller.
+    pub fn json(&self) -> Utf8Bytes {
+        self.json.get_or_init(|| crate::gateway::json_wire::encode_op(&self.key, self.value.as_deref())).clone()
+    }
+}
+
+/// An item in a connection's send queue.
+#[derive(Debug)]
+pub enum Outbound {
+    /// An op written by someone else (or by this client, in `--ack memory` mode).
+    Op(Arc<OpEvent>),
+    /// This client's own op, echoed once WAL record `lsn` is durable.
+    Ack {
+        /// The op.
+        event: Arc<OpEvent>,
+        /// Its WAL sequence number.
+        lsn: u64,
+        /// When the relay received it (for the latency histogram).
+        received: Instant,
+    },
+    /// A pre-encoded JSON message (presence, presence-leave).
+    Text(Utf8Bytes),
+}
+
+/// The relay-side handle to one subscribed connection.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// Connection id, unique in the process.
+    pub conn: u64,
+    tx: mpsc::Sender<Outbound>,
+    kill: Arc<Kill>,
+}
+
+/// Set when a connection must be dropped because it does not keep up.
+#[derive(Debug, Default)]
+pub struct Kill {
+    flag: AtomicBool,
+    notify: Notify,
+}
+
+impl Kill {
+    /// Marks the connection for closing and wakes it.
+    pub fn trigger(&self) {
+        if !self.flag.swap(true, Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Resolves once [`Kill::trigger`] was called.
+    pub async fn wait(&self) {
+        if self.flag.load(Ordering::Acquire) {
+            return;
+        }
+        self.notify.notified().await;
+    }
+
+    /// True once triggered.
+    pub fn is_triggered(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+}
+
+impl Subscriber {
+    /// A subscriber with a queue of `capacity` items; returns the receiving end too.
+    pub fn new(conn: u64, capacity: usize) -> (Self, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (Self { conn, tx, kill: Arc::new(Kill::default()) }, rx)
+    }
+
+    /// The kill switch shared with the connection task.
+    pub fn kill(&self) -> &Arc<Kill> {
+        &self.kill
+    }
+
+    /// Queues `item` without waiting; a full queue marks the connection as a
+    /// slow consumer instead of delaying the sender. Returns false when dropped.
+    pub fn offer(&self, item: Outbound) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.kill.trigger();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}

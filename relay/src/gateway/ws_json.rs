@@ -1,0 +1,392 @@
+//! One browser connection at `/ws`: admission (caps, auth), hello and
+//! snapshot, then a loop that reads client messages and writes queued events.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use subtle::ConstantTimeEq;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite;
+
+use super::GatewayCtx;
+use super::json_wire::{self, ClientMsg, WireLimits};
+use crate::fanout::{Outbound, Subscriber};
+use crate::limits::{CapExceeded, ConnSlot, TokenBucket, client_ip};
+use crate::space::SpaceHub;
+use crate::wal::Durable;
+
+/// Close codes used by the relay.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// Server going away (shutdown, idle timeout).
+    pub const GOING_AWAY: u16 = 1001;
+    /// Auth failed, or rate limit exceeded.
+    pub const POLICY: u16 = 1008;
+    /// Frame or message too large.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error (storage failure).
+    pub const INTERNAL: u16 = 1011;
+    /// Connection caps reached, or slow consumer.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Most queued events written before one flush.
+const WRITE_BATCH: usize = 256;
+/// How long a closing handshake may take before the socket is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Snapshots with more entries than this are encoded on the blocking pool.
+const BLOCKING_SNAPSHOT_ENTRIES: usize = 4096;
+
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+/// `GET /ws?space=NAME[&auth_token=T]`: upgrades to the browser JSON protocol.
+pub async fn handler(
+    State(ctx): State<Arc<GatewayCtx>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !ctx.relay.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "relay is not ready").into_response();
+    }
+    let space = query.get("space").map_or("default", String::as_str).to_owned();
+    if space.is_empty() || space.len() > ctx.limits.limit_space_bytes {
+        let msg = format!("space name must be 1 to {} bytes", ctx.limits.limit_space_bytes);
+        return (StatusCode::BAD_REQUEST, msg).into_response();
+    }
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let ip = client_ip(peer.ip(), forwarded, &ctx.limits.trusted_proxies);
+    let slot = ctx.caps.acquire(ip);
+    let token = query.get("auth_token").cloned();
+    let limit = ctx.limits.limit_frame_bytes;
+    ws.max_frame_size(limit)
+        .max_message_size(limit)
+        .on_upgrade(move |socket| async move {
+            let (sink, stream) = socket.split();
+            Connection::run(ctx, sink, stream, space, token, slot).await;
+        })
+}
+
+struct Connection {
+    ctx: Arc<GatewayCtx>,
+    sink: Sink,
+    stream: Stream,
+}
+
+/// Why the connection loop ended: a close frame to send, or nothing (peer gone).
+type End = Option<(u16, &'static str)>;
+
+impl Connection {
+    async fn run(
+        ctx: Arc<GatewayCtx>,
+        sink: Sink,
+        stream: Stream,
+        space: String,
+        token: Option<String>,
+        slot: Result<ConnSlot, CapExceeded>,
+    ) {
+        let mut conn = Connection { ctx, sink, stream };
+        let metrics = conn.ctx.relay.metrics().clone();
+        let _slot = match slot {
+            Ok(slot) => slot,
+            Err(cap) => {
+                let (reason, label) = match cap {
+                    CapExceeded::Total => ("connection limit reached", "conn_cap_total"),
+                    CapExceeded::PerIp => ("connection limit per address reached", "conn_cap_ip"),
+                };
+                metrics.disconnects.with_label_values(&[label]).inc();
+                conn.close(close::TRY_AGAIN_LATER, reason).await;
+                return;
+            }
+        };
+        metrics.connections.inc();
+        let end = match conn.authenticate(token).await {
+            Ok(()) => conn.serve(&space).await,
+            Err(end) => end,
+        };
+        metrics.connections.dec();
+        if let Some((code, reason)) = end {
+            let label = match code {
+                close::POLICY => "policy",
+                close::TOO_BIG => "too_big",
+                close::TRY_AGAIN_LATER => "slow_consumer",
+                close::INTERNAL => "internal",
+                _ => "going_away",
+            };
+            metrics.disconnects.with_label_values(&[label]).inc();
+            conn.close(code, reason).await;
+        }
+    }
+
+    /// Checks the token (query or first frame) before any state is sent.
+    async fn authenticate(&mut self, query_token: Option<String>) -> Result<(), End> {
+        let Some(expected) = self.ctx.auth_token.clone() else { return Ok(()) };
+        let check = |given: &str| -> Result<(), End> {
+            if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+                Ok(())
+            } else {
+                Err(Some((close::POLICY, "auth failed")))
+            }
+        };
+        if let Some(t) = query_token {
+            return check(&t);
+        }
+        let deadline = tokio::time::Instant::now() + self.ctx.auth_timeout;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return Err(Some((close::POLICY, "auth timeout"))),
+                Ok(None | Some(Err(_))) => return Err(None),
+                Ok(Some(Ok(m))) => m,
+            };
+            match msg {
+                Message::Text(text) => {
+                    let mut scratch = String::new();
+                    return match json_wire::parse(&text, &self.wire_limits(), &mut scratch) {
+                        Ok(ClientMsg::Auth { token }) => check(&token),
+                        _ => Err(Some((close::POLICY, "auth required"))),
+                    };
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Binary(_) => return Err(Some((close::POLICY, "auth required"))),
+                Message::Close(_) => return Err(None),
+            }
+        }
+    }
+
+    fn wire_limits(&self) -> WireLimits {
+        WireLimits {
+            message_bytes: self.ctx.limits.limit_message_bytes,
+            key_bytes: self.ctx.limits.limit_key_bytes,
+            value_bytes: self.ctx.limits.limit_value_bytes,
+        }
+    }
+
+    /// Joins the space and runs the read/write loop until the connection ends.
+    async fn serve(&mut self, space: &str) -> End {
+        let relay = self.ctx.relay.clone();
+        let id = uuid::Uuid::new_v4();
+        let color = json_wire::color_for(&id);
+        let id = id.to_string();
+        let (sub, mut rx) = Subscriber::new(relay.next_conn_id(), self.ctx.limits.limit_send_queue);
+        let kill = sub.kill().clone();
+        let hub = relay.space(space);
+        let joined = hub.join(sub.clone());
+        let _leave = Leave { hub: hub.clone(), conn: sub.conn, id: id.clone() };
+
+        let snapshot = if joined.snapshot.len() > BLOCKING_SNAPSHOT_ENTRIES {
+            let entries = joined.snapshot;
+            tokio::task::spawn_blocking(move || encode_snapshot(&entries)).await.ok()?
+        } else {
+            encode_snapshot(&joined.snapshot)
+        };
+        let greeting = async {
+            self.sink.feed(Message::Text(json_wire::encode_hello(&id, &color))).await?;
+            self.sink.feed(Message::Text(snapshot)).await?;
+            for p in joined.presence {
+                self.sink.feed(Message::Text(p)).await?;
+            }
+            self.sink.flush().await
+        };
+        if greeting.await.is_err() {
+            return None;
+        }
+
+        let limits = self.ctx.limits.clone();
+        let wire = self.wire_limits();
+        let mut bucket = TokenBucket::new(limits.limit_msgs_per_sec, limits.limit_burst, Instant::now());
+        let mut ping = tokio::time::interval(limits.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
+        let mut durable = relay.durable();
+        let mut shutdown = self.ctx.shutdown.clone();
+        let mut scratch = String::new();
+        let metrics = relay.metrics().clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = kill.wait() => return Some((close::TRY_AGAIN_LATER, "slow consumer")),
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return Some((close::GOING_AWAY, "relay shutting down")),
+                item = rx.recv() => {
+                    let Some(item) = item else { return None };
+                    let written = tokio::select! {
+                        r = write_batch(&mut self.sink, item, &mut rx, &mut durable, &metrics) => r,
+                        _ = kill.wait() => return Some((close::TRY_AGAIN_LATER, "slow consumer")),
+                    };
+                    match written {
+                        Ok(()) => {}
+                        Err(WriteFailure::Socket) => return None,
+                        Err(WriteFailure::Storage) => return Some((close::INTERNAL, "storage failure")),
+                    }
+                }
+                msg = self.stream.next() => {
+                    let now = Instant::now();
+                    let text = match msg {
+                        None => return None,
+                        Some(Err(e)) => return read_error(e),
+                        Some(Ok(Message::Close(_))) => return Some((close::NORMAL, "")),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                            last_heard = now;
+                            continue;
+                        }
+                        Some(Ok(Message::Binary(_))) => None,
+                        Some(Ok(Message::Text(t))) => Some(t),
+                    };
+                    last_heard = now;
+                    if !bucket.try_take(now) {
+                        return Some((close::POLICY, "rate limit exceeded"));
+                    }
+                    let reply = match text {
+                        None => Some(json_wire::encode_error("unsupported-frame", "binary frames are not part of this protocol; send JSON text")),
+                        Some(text) => self.handle(&text, &wire, &mut scratch, &hub, &sub, &id, &color, now),
+                    };
+                    if let Some(reply) = reply
+                        && self.sink.send(Message::Text(reply)).await.is_err()
+                    {
+                        return None;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > limits.idle_timeout {
+                        return Some((close::GOING_AWAY, "idle timeout"));
+                    }
+                    if self.sink.send(Message::Ping(Default::default())).await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one client message; returns an `error` reply if it was rejected.
+    #[allow(clippy::too_many_arguments)]
+    fn handle(
+        &self,
+        text: &str,
+        wire: &WireLimits,
+        scratch: &mut String,
+        hub: &SpaceHub,
+        sub: &Subscriber,
+        id: &str,
+        color: &str,
+        now: Instant,
+    ) -> Option<Utf8Bytes> {
+        let relay = &self.ctx.relay;
+        let written = match json_wire::parse(text, wire, scratch) {
+            Ok(ClientMsg::Set { key, value }) => relay.write(hub, sub, key.as_bytes(), Some(value.as_bytes()), now),
+            Ok(ClientMsg::Delete { key }) => relay.write(hub, sub, key.as_bytes(), None, now),
+            Ok(ClientMsg::Presence { x, y }) => {
+                relay.metrics().presence.inc();
+                hub.presence(sub.conn, json_wire::encode_presence(id, color, x, y));
+                Ok(())
+            }
+            // Already authenticated (or auth is off): nothing to do.
+            Ok(ClientMsg::Auth { .. }) => Ok(()),
+            Err(reject) => {
+                relay.metrics().errors.with_label_values(&[reject.code]).inc();
+                return Some(json_wire::encode_error(reject.code, &reject.message));
+            }
+        };
+        written.err().map(|e| {
+            let code = match e {
+                crate::node::WriteError::Wal(crate::wal::AppendError::Overloaded) => "overloaded",
+                crate::node::WriteError::Wal(crate::wal::AppendError::Unavailable) => "unavailable",
+            };
+            relay.metrics().errors.with_label_values(&[code]).inc();
+            json_wire::encode_error(code, &e.to_string())
+        })
+    }
+
+    /// Sends a close frame, then reads until the peer answers (so the frame is
+    /// not lost to a TCP reset), within [`CLOSE_GRACE`].
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            if self.sink.send(Message::Close(Some(frame))).await.is_ok() {
+                while let Some(Ok(_)) = self.stream.next().await {}
+            }
+        })
+        .await;
+    }
+}
+
+fn encode_snapshot(entries: &[(bytes::Bytes, bytes::Bytes)]) -> Utf8Bytes {
+    let size: usize = entries.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
+    json_wire::encode_snapshot(entries.iter().map(|(k, v)| (&k[..], &v[..])), size)
+}
+
+fn read_error(e: axum::Error) -> End {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => Some((close::TOO_BIG, "frame too large")),
+        Some(tungstenite::Error::Utf8(_)) => Some((close::POLICY, "invalid UTF-8")),
+        Some(tungstenite::Error::Protocol(_)) => Some((close::POLICY, "protocol error")),
+        _ => None,
+    }
+}
+
+enum WriteFailure {
+    Socket,
+    Storage,
+}
+
+/// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`]) with one
+/// flush. An own op's echo waits for its WAL record to be durable; what was
+/// fed before it is flushed first so the disk never delays other ops.
+async fn write_batch(
+    sink: &mut Sink,
+    first: Outbound,
+    rx: &mut mpsc::Receiver<Outbound>,
+    durable: &mut watch::Receiver<Durable>,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(), WriteFailure> {
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(item) = next.take() {
+        let text = match item {
+            Outbound::Op(event) => event.json(),
+            Outbound::Text(text) => text,
+            Outbound::Ack { event, lsn, received } => {
+                if durable.borrow().lsn < lsn {
+                    sink.flush().await.map_err(|_| WriteFailure::Socket)?;
+                    let ok = durable.wait_for(|d| d.lsn >= lsn || d.failed).await.is_ok_and(|d| !d.failed);
+                    if !ok {
+                        return Err(WriteFailure::Storage);
+                    }
+                }
+                metrics.op_latency.with_label_values(&["durable"]).observe(received.elapsed().as_secs_f64());
+                event.json()
+            }
+        };
+        sink.feed(Message::Text(text)).await.map_err(|_| WriteFailure::Socket)?;
+        written += 1;
+        if written < WRITE_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    sink.flush().await.map_err(|_| WriteFailure::Socket)
+}
+
+/// Unsubscribes a connection when its task ends, however it ends.
+struct Leave {
+    hub: Arc<SpaceHub>,
+    conn: u64,
+    id: String,
+}
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        self.hub.leave(self.conn, json_wire::encode_presence_leave(&self.id));
+    }
+}

@@ -1,0 +1,139 @@
+//! Prometheus metrics, `aether_` prefix, base units (seconds, bytes).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    exponential_buckets,
+};
+
+/// Every metric the relay exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Ops accepted, by kind (`set`, `delete`).
+    pub ops: IntCounterVec,
+    /// Time from receiving a write to acknowledging it to its writer.
+    pub op_latency: HistogramVec,
+    /// Time to hand one op to every subscriber's queue.
+    pub fanout_latency: Histogram,
+    /// Subscribers one op was delivered to.
+    pub fanout_size: Histogram,
+    /// Presence messages relayed.
+    pub presence: IntCounter,
+    /// Open WebSocket connections.
+    pub connections: IntGauge,
+    /// Connections refused or closed by the relay, by reason.
+    pub disconnects: IntCounterVec,
+    /// `error` replies sent, by code.
+    pub errors: IntCounterVec,
+    /// Duration of each WAL fdatasync.
+    pub wal_fsync: Histogram,
+    /// Records covered by one WAL sync (group commit batch size).
+    pub wal_batch_ops: Histogram,
+    /// Bytes appended to the WAL.
+    pub wal_bytes: IntCounter,
+    /// Segments currently on disk.
+    pub wal_segments: IntGauge,
+    /// Snapshots written.
+    pub snapshots: IntCounter,
+    /// Duration of writing one snapshot.
+    pub snapshot_duration: Histogram,
+    /// Spaces held in memory.
+    pub spaces: IntGauge,
+}
+
+fn registered<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone())).expect("metric names are unique and valid");
+    c
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let latency_buckets = exponential_buckets(10e-6, 2.0, 18).expect("valid buckets"); // 10 µs .. 1.3 s
+        let count_buckets = exponential_buckets(1.0, 2.0, 16).expect("valid buckets"); // 1 .. 32768
+        Self {
+            ops: registered(&r, IntCounterVec::new(Opts::new("aether_ops_total", "Ops accepted"), &["kind"]).unwrap()),
+            op_latency: registered(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new("aether_op_latency_seconds", "Receive to writer acknowledgement")
+                        .buckets(latency_buckets.clone()),
+                    &["ack"],
+                )
+                .unwrap(),
+            ),
+            fanout_latency: registered(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("aether_fanout_latency_seconds", "Time to queue one op to every subscriber")
+                        .buckets(exponential_buckets(1e-6, 2.0, 18).expect("valid buckets")),
+                )
+                .unwrap(),
+            ),
+            fanout_size: registered(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("aether_fanout_deliveries", "Subscribers one op was delivered to")
+                        .buckets(count_buckets.clone()),
+                )
+                .unwrap(),
+            ),
+            presence: registered(&r, IntCounter::new("aether_presence_total", "Presence messages relayed").unwrap()),
+            connections: registered(&r, IntGauge::new("aether_connections", "Open WebSocket connections").unwrap()),
+            disconnects: registered(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("aether_disconnects_total", "Connections refused or closed by the relay"),
+                    &["reason"],
+                )
+                .unwrap(),
+            ),
+            errors: registered(
+                &r,
+                IntCounterVec::new(Opts::new("aether_client_errors_total", "error replies sent"), &["code"]).unwrap(),
+            ),
+            wal_fsync: registered(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("aether_wal_fsync_seconds", "WAL fdatasync duration").buckets(latency_buckets),
+                )
+                .unwrap(),
+            ),
+            wal_batch_ops: registered(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("aether_wal_batch_records", "Records made durable by one fdatasync")
+                        .buckets(count_buckets),
+                )
+                .unwrap(),
+            ),
+            wal_bytes: registered(&r, IntCounter::new("aether_wal_bytes_total", "Bytes appended to the WAL").unwrap()),
+            wal_segments: registered(&r, IntGauge::new("aether_wal_segments", "WAL segments on disk").unwrap()),
+            snapshots: registered(&r, IntCounter::new("aether_snapshots_total", "Snapshots written").unwrap()),
+            snapshot_duration: registered(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("aether_snapshot_duration_seconds", "Time to write one snapshot")
+                        .buckets(exponential_buckets(1e-3, 2.0, 16).expect("valid buckets")),
+                )
+                .unwrap(),
+            ),
+            spaces: registered(&r, IntGauge::new("aether_spaces", "Spaces held in memory").unwrap()),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding cannot fail");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,175 @@
+//! Startup, the accept loop (plain TCP or TLS), routing and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::routing::get;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tower::Service;
+
+use crate::config::{AckMode, RelayArgs};
+use crate::gateway::{GatewayCtx, ws_json};
+use crate::limits::ConnCaps;
+use crate::metrics::Metrics;
+use crate::node::Relay;
+use crate::wal::{OnCorrupt, Wal, WalConfig, node_id};
+use crate::{http, tls};
+
+/// Time allowed for a client to send its HTTP request head or finish TLS.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time connections get to close on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes waiting for the WAL writer before writes are refused.
+const WAL_MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
+
+/// Opens the data dir (recovering it), then serves until SIGINT/SIGTERM or a
+/// WAL failure. Prints `aether-relay listening on <url>` once accepting.
+pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+    let metrics = Metrics::new();
+    let wal_cfg = WalConfig {
+        dir: args.storage.data_dir.clone(),
+        segment_bytes: args.storage.wal_segment_bytes,
+        snapshot_after_bytes: args.storage.snapshot_after_bytes,
+        max_pending_bytes: WAL_MAX_PENDING_BYTES,
+        on_corrupt: if args.storage.wal_skip_corrupt { OnCorrupt::Skip } else { OnCorrupt::Fail },
+    };
+    let m = metrics.clone();
+    let (wal, state, recovery, actor) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let (wal, state, recovery) = Wal::open(&wal_cfg, &m)?;
+        let actor = node_id(&wal_cfg.dir).context("reading node-id")?;
+        Ok((wal, state, recovery, actor))
+    })
+    .await?
+    .with_context(|| format!("recovering data dir {}", args.storage.data_dir.display()))?;
+    tracing::info!(
+        snapshot = ?recovery.snapshot, segments = recovery.segments, ops = recovery.ops,
+        bytes = recovery.bytes, truncated = ?recovery.truncated, skipped = recovery.skipped,
+        elapsed = ?recovery.elapsed, spaces = state.spaces.len(), "recovered"
+    );
+    let max_skew = args.storage.max_clock_skew.as_nanos().min(u64::MAX as u128) as u64;
+    let relay = Arc::new(Relay::new(actor, args.storage.ack, max_skew, wal, state, recovery, metrics));
+    if args.storage.ack == AckMode::Memory {
+        tracing::warn!("--ack memory: writes are echoed before they are on disk and may be lost in a crash");
+    }
+
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let ctx = Arc::new(GatewayCtx {
+        relay: relay.clone(),
+        caps: ConnCaps::new(args.limits.limit_conns, args.limits.limit_conns_per_ip),
+        limits: args.limits.clone(),
+        auth_token: args.auth_token.clone(),
+        auth_timeout: args.auth_timeout,
+        shutdown: shutdown_rx,
+    });
+    let router = Router::new()
+        .route("/", get(http::index))
+        .route("/ws", get(ws_json::handler))
+        .route("/healthz", get(http::healthz))
+        .route("/readyz", get(http::readyz))
+        .route("/metrics", get(http::metrics))
+        .with_state(ctx.clone());
+
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    // Scripts and tests wait for this line; it is also the user's "it works".
+    println!("aether-relay listening on {scheme}://{addr}");
+    tracing::info!(%addr, tls = tls.is_some(), ack = ?args.storage.ack, "listening");
+
+    // Bounds sockets of every kind (WebSocket caps are enforced after the upgrade).
+    let sockets = Arc::new(Semaphore::new(args.limits.limit_conns.saturating_mul(2).saturating_add(64)));
+    let mut durable = relay.durable();
+    let failure = loop {
+        let permit = sockets.clone().acquire_owned().await.expect("semaphore is never closed");
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let router = router.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tls {
+                        None => serve_http(tcp, peer, router).await,
+                        Some(tls) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                            Ok(Ok(stream)) => serve_http(stream, peer, router).await,
+                            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
+                    }
+                });
+            }
+            _ = shutdown_signal() => break false,
+            _ = durable.wait_for(|d| d.failed) => break true,
+        }
+    };
+
+    tracing::info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    drop(listener);
+    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+    while relay.metrics().connections.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let r = relay.clone();
+    tokio::task::spawn_blocking(move || r.shutdown()).await?;
+    anyhow::ensure!(!failure, "the write-ahead log failed; see the error above");
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn serve_http<IO>(io: IO, peer: SocketAddr, router: Router)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let mut router = router.clone();
+        async move { router.call(req).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,316 @@
+//! The write-ahead log: group-committed segment files of CRC32C-framed ops,
+//! recovery on open, and online snapshots.
+//!
+//! Appending is a short critical section (frame the op into the pending
+//! buffer, take a log sequence number); one writer thread writes the whole
+//! pending buffer and calls `fdatasync` once for everything that arrived
+//! meanwhile, then publishes the durable sequence number. Acknowledgements wait
+//! on that number, never on the disk directly.
+//!
+//! Data directory layout:
+//! ```text
+//! LOCK                 held (flock) while a relay uses the directory
+//! node-id              this node's HLC actor id
+//! wal/<seq>.seg        segments: 16-byte header, then frames
+//! snapshots/<seq>/     snapshot covering segments <= seq: MANIFEST + one file per space
+//! quarantine/          copies of segments that had corrupt records skipped
+//! ```
+
+pub mod segment;
+pub mod snapshot;
+mod writer;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use aether_core::OpRef;
+use aether_core::record::{FILE_HEADER, WAL_MAGIC, file_header, put_frame_with};
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+pub use segment::{OnCorrupt, State};
+use segment::{list_segments, replay_segment, segment_name};
+use snapshot::sync_dir;
+
+/// WAL settings.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// The data directory.
+    pub dir: PathBuf,
+    /// Seal a segment past this size.
+    pub segment_bytes: u64,
+    /// Snapshot once this many sealed bytes are uncovered.
+    pub snapshot_after_bytes: u64,
+    /// Most bytes waiting for the writer; appends beyond are refused (overload).
+    pub max_pending_bytes: usize,
+    /// What to do with corrupt records found while recovering.
+    pub on_corrupt: OnCorrupt,
+}
+
+/// The durable watermark published by the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Durable {
+    /// Every record with a sequence number up to this one is on disk.
+    pub lsn: u64,
+    /// The writer hit an I/O error; nothing will become durable any more.
+    pub failed: bool,
+}
+
+/// An append was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AppendError {
+    /// The writer is too far behind.
+    #[error("the write-ahead log is overloaded, try again")]
+    Overloaded,
+    /// The writer failed or the WAL is closed.
+    #[error("the write-ahead log is unavailable")]
+    Unavailable,
+}
+
+/// Opening the data directory failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process holds the lock.
+    #[error("data dir {0} is in use by another process")]
+    Locked(PathBuf),
+    /// I/O failure.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// A WAL segment could not be replayed.
+    #[error(transparent)]
+    Replay(#[from] segment::ReplayError),
+    /// A snapshot could not be loaded.
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(io::Error) -> OpenError {
+    let context = context.into();
+    move |source| OpenError::Io { context, source }
+}
+
+/// What recovery found, for logs.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// The snapshot loaded, if any (covered segment).
+    pub snapshot: Option<u64>,
+    /// Segments replayed.
+    pub segments: usize,
+    /// Ops replayed from snapshot and segments.
+    pub ops: u64,
+    /// Bytes read.
+    pub bytes: u64,
+    /// Torn tail truncated: (segment, offset).
+    pub truncated: Option<(u64, u64)>,
+    /// Corrupt records skipped.
+    pub skipped: usize,
+    /// Time taken.
+    pub elapsed: std::time::Duration,
+}
+
+pub(crate) struct Pending {
+    buf: Vec<u8>,
+    records: u64,
+    last_lsn: u64,
+    closed: bool,
+}
+
+pub(crate) struct Shared {
+    pending: Mutex<Pending>,
+    wake: Condvar,
+    durable: watch::Sender<Durable>,
+    max_pending_bytes: usize,
+}
+
+/// Handle to the WAL. Cheap to share behind an `Arc`.
+pub struct Wal {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    snapshotter: Mutex<Option<JoinHandle<()>>>,
+    _lock: File,
+}
+
+impl Wal {
+    /// Locks the data directory, recovers its state (latest snapshot + later
+    /// segments, truncating a torn tail) and starts the writer in a new segment.
+    pub fn open(cfg: &WalConfig, metrics: &Metrics) -> Result<(Wal, State, Recovery), OpenError> {
+        let started = Instant::now();
+        let wal_dir = cfg.dir.join("wal");
+        let snap_dir = cfg.dir.join("snapshots");
+        for d in [&cfg.dir, &wal_dir, &snap_dir] {
+            fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
+        }
+        let lock_path = cfg.dir.join("LOCK");
+        let lock = File::create(&lock_path).map_err(io_ctx(format!("creating {}", lock_path.display())))?;
+        if lock.try_lock().is_err() {
+            return Err(OpenError::Locked(cfg.dir.clone()));
+        }
+        for entry in fs::read_dir(&snap_dir).map_err(io_ctx("listing snapshots"))? {
+            let path = entry.map_err(io_ctx("listing snapshots"))?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                fs::remove_dir_all(&path).map_err(io_ctx(format!("removing {}", path.display())))?;
+            }
+        }
+
+        let mut state = State::default();
+        let mut rec = Recovery::default();
+        let mut covered = 0;
+        if let Some((seq, dir)) = snapshot::latest(&snap_dir).map_err(io_ctx("listing snapshots"))? {
+            snapshot::load(&dir, &mut state)?;
+            covered = seq;
+            rec.snapshot = Some(seq);
+        }
+        let segments = list_segments(&wal_dir).map_err(io_ctx("listing WAL segments"))?;
+        let mut last_seq = covered;
+        let mut uncovered_bytes = 0;
+        let (stale, live): (Vec<_>, Vec<_>) = segments.into_iter().partition(|(seq, _)| *seq <= covered);
+        for (_, path) in stale {
+            // Leftovers of a clean-up interrupted after a snapshot covered them.
+            fs::remove_file(&path).map_err(io_ctx(format!("removing covered {}", path.display())))?;
+        }
+        for (i, (seq, path)) in live.iter().enumerate() {
+            let last = i + 1 == live.len();
+            let outcome = replay_segment(path, last, cfg.on_corrupt, &mut state)?;
+            rec.segments += 1;
+            if !outcome.skipped.is_empty() {
+                rec.skipped += outcome.skipped.len();
+                let q = cfg.dir.join("quarantine");
+                fs::create_dir_all(&q).map_err(io_ctx("creating quarantine/"))?;
+                let dest = q.join(segment_name(*seq));
+                fs::copy(path, &dest).map_err(io_ctx(format!("copying {} to quarantine", path.display())))?;
+                tracing::warn!(segment = %path.display(), copy = %dest.display(), offsets = ?outcome.skipped,
+                    "skipped corrupt WAL records; the original segment is kept in quarantine");
+            }
+            if outcome.torn_tail {
+                rec.truncated = Some((*seq, outcome.valid_len));
+                if outcome.valid_len < FILE_HEADER as u64 {
+                    fs::remove_file(path).map_err(io_ctx(format!("removing torn {}", path.display())))?;
+                } else {
+                    let f = OpenOptions::new().write(true).open(path).map_err(io_ctx("opening torn segment"))?;
+                    f.set_len(outcome.valid_len).map_err(io_ctx("truncating torn segment"))?;
+                    f.sync_all().map_err(io_ctx("syncing truncated segment"))?;
+                    uncovered_bytes += outcome.valid_len;
+                }
+                tracing::warn!(segment = %path.display(), offset = outcome.valid_len, "truncated torn WAL tail");
+            } else {
+                uncovered_bytes += outcome.valid_len;
+            }
+            last_seq = last_seq.max(*seq);
+        }
+        rec.ops = state.ops;
+        rec.bytes = state.bytes;
+
+        let seq = last_seq + 1;
+        let file = create_segment(&wal_dir, seq).map_err(io_ctx("creating a WAL segment"))?;
+        metrics.wal_segments.set(live.len() as i64 + 1);
+        let (durable, _) = watch::channel(Durable::default());
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending { buf: Vec::with_capacity(1 << 20), records: 0, last_lsn: 0, closed: false }),
+            wake: Condvar::new(),
+            durable,
+            max_pending_bytes: cfg.max_pending_bytes,
+        });
+        let (sealed_tx, sealed_rx) = std::sync::mpsc::channel();
+        let snapshotter = writer::spawn_snapshotter(cfg.clone(), covered, uncovered_bytes, sealed_rx, metrics.clone())
+            .map_err(io_ctx("starting the snapshot thread"))?;
+        let writer = writer::spawn_writer(shared.clone(), cfg.clone(), file, seq, sealed_tx, metrics.clone())
+            .map_err(io_ctx("starting the WAL writer thread"))?;
+        rec.elapsed = started.elapsed();
+        let wal = Wal {
+            shared,
+            writer: Mutex::new(Some(writer)),
+            snapshotter: Mutex::new(Some(snapshotter)),
+            _lock: lock,
+        };
+        Ok((wal, state, rec))
+    }
+
+    /// Appends one op; returns its log sequence number. Never blocks on I/O.
+    pub fn append(&self, op: OpRef<'_>) -> Result<u64, AppendError> {
+        let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.closed || self.shared.durable.borrow().failed {
+            return Err(AppendError::Unavailable);
+        }
+        if p.buf.len() >= self.shared.max_pending_bytes {
+            return Err(AppendError::Overloaded);
+        }
+        let was_empty = p.buf.is_empty();
+        put_frame_with(&mut p.buf, |o| op.encode(o));
+        p.records += 1;
+        p.last_lsn += 1;
+        let lsn = p.last_lsn;
+        drop(p);
+        if was_empty {
+            self.shared.wake.notify_one();
+        }
+        Ok(lsn)
+    }
+
+    /// The durable watermark; `wait_for(|d| d.lsn >= lsn || d.failed)` to await a record.
+    pub fn durable(&self) -> watch::Receiver<Durable> {
+        self.shared.durable.subscribe()
+    }
+
+    /// Flushes everything appended, stops the writer and the snapshot thread.
+    pub fn close(&self) {
+        {
+            let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.closed = true;
+        }
+        self.shared.wake.notify_all();
+        if let Some(h) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.snapshotter.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn create_segment(wal_dir: &Path, seq: u64) -> io::Result<File> {
+    let path = wal_dir.join(segment_name(seq));
+    let mut f = OpenOptions::new().create_new(true).append(true).open(&path)?;
+    f.write_all(&file_header(WAL_MAGIC, seq))?;
+    f.sync_all()?;
+    sync_dir(wal_dir)?;
+    Ok(f)
+}
+
+/// Reads (or creates) the node's persistent actor id.
+pub fn node_id(dir: &Path) -> io::Result<u64> {
+    let path = dir.join("node-id");
+    match fs::read_to_string(&path) {
+        Ok(s) => u64::from_str_radix(s.trim(), 16)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let id = rand::random::<u64>() | 1;
+            let tmp = dir.join("node-id.tmp");
+            let mut f = File::create(&tmp)?;
+            writeln!(f, "{id:016x}")?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            sync_dir(dir)?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub(crate) fn publish_failed(shared: &Shared) {
+    shared.durable.send_modify(|d| d.failed = true);
+}

@@ -1,0 +1,166 @@
+//! Snapshots: the winning op of every key (tombstones included), one file per
+//! space, in a directory named for the last WAL segment it covers.
+//!
+//! A snapshot is built off the hot path from the previous snapshot and the
+//! sealed segments on disk (never from live state), so writing one never
+//! blocks writers. Boot = latest snapshot + the segments after it.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use aether_core::record::{FILE_HEADER, Frames, SNAPSHOT_MAGIC, file_header, parse_file_header, put_frame_with};
+use aether_core::{Op, OpRef};
+use aether_proto::v1::SnapshotHeader;
+use bytes::Bytes;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::segment::State;
+
+/// The `MANIFEST` of a snapshot directory, written last.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Every WAL segment with a sequence number up to this one is covered.
+    pub covers_segment: u64,
+    /// Files of the snapshot, one per space.
+    pub files: Vec<String>,
+    /// Entries written, over all spaces.
+    pub entries: u64,
+}
+
+/// Name of the snapshot directory covering segments up to `seq`.
+pub fn snapshot_dir_name(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+/// The newest complete snapshot under `root`: `(covers_segment, dir)`.
+/// Directories without a manifest (interrupted writes) are ignored.
+pub fn latest(root: &Path) -> io::Result<Option<(u64, PathBuf)>> {
+    let mut best = None;
+    for entry in fs::read_dir(root)? {
+        let path = entry?.path();
+        let Some(seq) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.parse::<u64>().ok()) else {
+            continue;
+        };
+        if path.join("MANIFEST").is_file() && best.as_ref().is_none_or(|(s, _)| seq > *s) {
+            best = Some((seq, path));
+        }
+    }
+    Ok(best)
+}
+
+/// A snapshot could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// I/O failure.
+    #[error("snapshot {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// Damaged content.
+    #[error("snapshot {path} is corrupt at offset {offset}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// Where.
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Loads snapshot `dir` into `state`.
+pub fn load(dir: &Path, state: &mut State) -> Result<Manifest, SnapshotError> {
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| SnapshotError::Io { path, source }
+    };
+    let manifest_path = dir.join("MANIFEST");
+    let raw = fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
+    let manifest: Manifest = serde_json::from_slice(&raw).map_err(|e| SnapshotError::Corrupt {
+        path: manifest_path.clone(),
+        offset: 0,
+        reason: e.to_string(),
+    })?;
+    for name in &manifest.files {
+        let path = dir.join(name);
+        let corrupt = |offset, reason: String| SnapshotError::Corrupt { path: path.clone(), offset, reason };
+        let buf = Bytes::from(fs::read(&path).map_err(io_err(&path))?);
+        state.bytes += buf.len() as u64;
+        parse_file_header(SNAPSHOT_MAGIC, &buf).map_err(|e| corrupt(0, e.to_string()))?;
+        let mut frames = Frames::new(&buf, FILE_HEADER);
+        let header = match frames.next() {
+            Some(Ok(f)) => SnapshotHeader::decode(f.payload).map_err(|e| corrupt(f.offset, e.to_string()))?,
+            Some(Err(e)) => return Err(corrupt(e.offset(), e.to_string())),
+            None => return Err(corrupt(FILE_HEADER, "missing snapshot header".into())),
+        };
+        let mut count = 0u64;
+        for frame in frames {
+            let f = frame.map_err(|e| corrupt(e.offset(), e.to_string()))?;
+            let start = f.payload.as_ptr() as usize - buf.as_ptr() as usize;
+            let mut op = Op::decode(buf.slice(start..start + f.payload.len()))
+                .map_err(|e| corrupt(f.offset, e.to_string()))?;
+            op.space.clone_from(&header.space);
+            state.apply(op);
+            count += 1;
+        }
+        if count != header.ops {
+            return Err(corrupt(0, format!("header announces {} ops, file holds {count}", header.ops)));
+        }
+    }
+    Ok(manifest)
+}
+
+/// Writes `state` as the snapshot covering segments up to `covers_segment`,
+/// atomically: a temporary directory, fsynced, then renamed into place.
+pub fn write(root: &Path, covers_segment: u64, state: &State) -> io::Result<PathBuf> {
+    let final_dir = root.join(snapshot_dir_name(covers_segment));
+    let tmp = root.join(format!("{}.tmp", snapshot_dir_name(covers_segment)));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp)?;
+    }
+    fs::create_dir_all(&tmp)?;
+    let mut files = Vec::with_capacity(state.spaces.len());
+    let mut entries = 0u64;
+    let mut names: Vec<&String> = state.spaces.keys().collect();
+    names.sort_unstable();
+    let mut buf = Vec::new();
+    for (i, name) in names.into_iter().enumerate() {
+        let space = &state.spaces[name];
+        buf.clear();
+        buf.extend_from_slice(&file_header(SNAPSHOT_MAGIC, covers_segment));
+        let header = SnapshotHeader { space: name.clone(), ops: space.len() as u64 };
+        put_frame_with(&mut buf, |o| header.encode(o).expect("Vec grows"));
+        for (key, entry) in space.iter() {
+            // The space name lives in the header; ops carry it empty.
+            let op = OpRef { space: "", key, value: entry.value.as_deref(), stamp: entry.stamp, origin: 0 };
+            put_frame_with(&mut buf, |o| op.encode(o));
+        }
+        entries += space.len() as u64;
+        let file_name = format!("space-{i:08}.snap");
+        let mut f = File::create(tmp.join(&file_name))?;
+        f.write_all(&buf)?;
+        f.sync_data()?;
+        files.push(file_name);
+    }
+    let manifest = Manifest { covers_segment, files, entries };
+    let mut f = File::create(tmp.join("MANIFEST"))?;
+    f.write_all(&serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?)?;
+    f.sync_data()?;
+    sync_dir(&tmp)?;
+    if final_dir.exists() {
+        fs::remove_dir_all(&final_dir)?;
+    }
+    fs::rename(&tmp, &final_dir)?;
+    sync_dir(root)?;
+    Ok(final_dir)
+}
+
+/// Makes a directory's entries (creations, renames) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}

@@ -1,0 +1,139 @@
+//! The two WAL threads: the group-commit writer and the snapshotter.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use super::segment::{State, list_segments, replay_segment};
+use super::{Shared, WalConfig, create_segment, publish_failed, snapshot};
+use crate::metrics::Metrics;
+
+/// A segment the writer finished: its sequence number and size.
+pub(crate) struct Sealed {
+    seq: u64,
+    bytes: u64,
+}
+
+pub(crate) fn spawn_writer(
+    shared: Arc<Shared>,
+    cfg: WalConfig,
+    file: File,
+    seq: u64,
+    sealed: std::sync::mpsc::Sender<Sealed>,
+    metrics: Metrics,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("wal-writer".into()).spawn(move || {
+        if let Err(e) = write_loop(&shared, &cfg, file, seq, &sealed, &metrics) {
+            tracing::error!(error = %e, "WAL write failed; no further writes can be acknowledged");
+            publish_failed(&shared);
+        }
+    })
+}
+
+fn write_loop(
+    shared: &Shared,
+    cfg: &WalConfig,
+    mut file: File,
+    mut seq: u64,
+    sealed: &std::sync::mpsc::Sender<Sealed>,
+    metrics: &Metrics,
+) -> io::Result<()> {
+    let wal_dir = cfg.dir.join("wal");
+    let mut size = file.metadata()?.len();
+    let mut batch = Vec::with_capacity(1 << 20);
+    loop {
+        let (records, upto, closed) = {
+            let mut p = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            while p.buf.is_empty() && !p.closed {
+                p = shared.wake.wait(p).unwrap_or_else(|e| e.into_inner());
+            }
+            std::mem::swap(&mut p.buf, &mut batch);
+            let records = std::mem::take(&mut p.records);
+            (records, p.last_lsn, p.closed)
+        };
+        if !batch.is_empty() {
+            file.write_all(&batch)?;
+            let t = Instant::now();
+            file.sync_data()?;
+            metrics.wal_fsync.observe(t.elapsed().as_secs_f64());
+            metrics.wal_batch_ops.observe(records as f64);
+            metrics.wal_bytes.inc_by(batch.len() as u64);
+            size += batch.len() as u64;
+            batch.clear();
+            // Keep the spare buffer from growing without bound after a burst.
+            batch.shrink_to(4 << 20);
+            shared.durable.send_modify(|d| d.lsn = upto);
+        }
+        if closed {
+            return Ok(());
+        }
+        if size >= cfg.segment_bytes {
+            let next = create_segment(&wal_dir, seq + 1)?;
+            let _ = sealed.send(Sealed { seq, bytes: size });
+            metrics.wal_segments.inc();
+            file = next;
+            seq += 1;
+            size = file.metadata()?.len();
+        }
+    }
+}
+
+pub(crate) fn spawn_snapshotter(
+    cfg: WalConfig,
+    mut covered: u64,
+    mut uncovered_bytes: u64,
+    sealed: Receiver<Sealed>,
+    metrics: Metrics,
+) -> io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name("snapshotter".into()).spawn(move || {
+        while let Ok(s) = sealed.recv() {
+            uncovered_bytes += s.bytes;
+            if uncovered_bytes < cfg.snapshot_after_bytes {
+                continue;
+            }
+            let upto = s.seq;
+            let t = Instant::now();
+            match take_snapshot(&cfg, covered, upto, &metrics) {
+                Ok(entries) => {
+                    metrics.snapshots.inc();
+                    metrics.snapshot_duration.observe(t.elapsed().as_secs_f64());
+                    tracing::info!(covers_segment = upto, entries, elapsed = ?t.elapsed(), "snapshot written");
+                    covered = upto;
+                    uncovered_bytes = 0;
+                }
+                // The segments stay; the next sealed segment retries.
+                Err(e) => tracing::error!(error = %e, "snapshot failed; WAL segments are kept"),
+            }
+        }
+    })
+}
+
+/// Folds the previous snapshot and the sealed segments `(covered, upto]` into a
+/// new snapshot, then deletes what it covers. Reads only immutable files.
+fn take_snapshot(cfg: &WalConfig, covered: u64, upto: u64, metrics: &Metrics) -> Result<u64, String> {
+    let wal_dir = cfg.dir.join("wal");
+    let snap_root = cfg.dir.join("snapshots");
+    let mut state = State::default();
+    let previous = snapshot::latest(&snap_root).map_err(|e| e.to_string())?;
+    if let Some((_, dir)) = &previous {
+        snapshot::load(dir, &mut state).map_err(|e| e.to_string())?;
+    }
+    let segments = list_segments(&wal_dir).map_err(|e| e.to_string())?;
+    for (seq, path) in segments.iter().filter(|(s, _)| *s > covered && *s <= upto) {
+        replay_segment(path, false, cfg.on_corrupt, &mut state).map_err(|e| format!("segment {seq}: {e}"))?;
+    }
+    snapshot::write(&snap_root, upto, &state).map_err(|e| e.to_string())?;
+    let entries = state.spaces.values().map(|s| s.len() as u64).sum();
+    drop(state);
+    if let Some((seq, dir)) = previous.filter(|(seq, _)| *seq != upto) {
+        fs::remove_dir_all(&dir).map_err(|e| format!("removing snapshot {seq}: {e}"))?;
+    }
+    for (_, path) in segments.iter().filter(|(s, _)| *s <= upto) {
+        fs::remove_file(path).map_err(|e| format!("removing {}: {e}", path.display()))?;
+        metrics.wal_segments.dec();
+    }
+    Ok(entries)
+}
