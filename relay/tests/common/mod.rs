@@ -1,0 +1,197 @@
+//! Test kit: real `aether-relay` processes on free ports and a WebSocket client.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Upper bound for anything a test waits for; a hang fails instead of blocking CI.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A relay process started with `dev`. Killed on drop.
+pub struct Relay {
+    child: Child,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+}
+
+impl Relay {
+    /// Starts `aether-relay dev` on a free loopback port with `data_dir` and extra flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Relay {
+        Self::try_start(data_dir, extra).unwrap_or_else(|e| panic!("relay did not start: {e}"))
+    }
+
+    /// Like [`Relay::start`], returning the relay's stderr tail if it exits instead.
+    pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Relay, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_aether-relay"))
+            .arg("dev")
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("AETHER_LOG", std::env::var("AETHER_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn aether-relay");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = child.stderr.take().expect("piped stderr");
+        // Forward stderr to the test's stderr (visible on failure) and keep it for errors.
+        let (err_tx, err_rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[relay] {line}");
+                let _ = err_tx.send(line);
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next().and_then(Result::ok);
+            let _ = tx.send(first);
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(DEADLINE).map_err(|_| "no listening line in time".to_string())?;
+        let Some(line) = line else {
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(50));
+            return Err(err_rx.try_iter().collect::<Vec<_>>().join("\n"));
+        };
+        let url = line.rsplit(' ').next().unwrap_or_default();
+        let addr = url.split("://").nth(1).and_then(|a| a.parse().ok()).ok_or(format!("bad line {line:?}"))?;
+        Ok(Relay { child, addr, data_dir: data_dir.to_owned() })
+    }
+
+    /// `ws://ADDR/ws?QUERY`.
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.addr)
+    }
+
+    /// SIGKILL, no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
+        self.child.wait().expect("wait for relay")
+    }
+
+    /// GET a path over plain HTTP/1.1, returning (status, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(self.addr).await.expect("connect");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(DEADLINE, s.read_to_string(&mut out)).await.expect("http timeout").unwrap();
+        let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A browser-protocol client.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What ended a read: a message, a close frame, or the socket going away.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    Json(Value),
+    Close(u16, String),
+    Gone,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        Self::connect_with(tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap())
+            .await
+    }
+
+    pub async fn connect_with(req: tokio_tungstenite::tungstenite::handshake::client::Request) -> Client {
+        let (ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect timeout")
+            .expect("connect");
+        Client { ws }
+    }
+
+    /// Connects and reads hello + snapshot; returns (client, hello, snapshot data).
+    pub async fn join(url: &str) -> (Client, Value, Value) {
+        let mut c = Client::connect(url).await;
+        let hello = c.recv().await;
+        assert_eq!(hello["type"], "hello", "{hello}");
+        let snap = c.recv().await;
+        assert_eq!(snap["type"], "snapshot", "{snap}");
+        (c, hello, snap["data"].clone())
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.expect("send");
+    }
+
+    pub async fn send_text(&mut self, t: &str) {
+        self.ws.send(Message::text(t.to_string())).await.expect("send");
+    }
+
+    /// The next event (JSON message, close or EOF); pings are answered by tungstenite.
+    pub async fn next_event(&mut self) -> Event {
+        loop {
+            let msg = tokio::time::timeout(DEADLINE, self.ws.next()).await.expect("no message before the deadline");
+            match msg {
+                Some(Ok(Message::Text(t))) => return Event::Json(serde_json::from_str(&t).expect("relay sent JSON")),
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return Event::Close(code.into(), reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) => return Event::Close(1005, String::new()),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                Some(Ok(Message::Binary(b))) => panic!("unexpected binary frame {b:?}"),
+                Some(Err(_)) | None => return Event::Gone,
+            }
+        }
+    }
+
+    /// The next JSON message; panics on close.
+    pub async fn recv(&mut self) -> Value {
+        match self.next_event().await {
+            Event::Json(v) => v,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Reads until a close frame; returns its code and reason (skipping messages).
+    pub async fn recv_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next_event().await {
+                Event::Json(_) => continue,
+                Event::Close(code, reason) => return (code, reason),
+                Event::Gone => panic!("connection dropped without a close frame"),
+            }
+        }
+    }
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("aether-test-").tempdir().expect("tempdir")
+}
