@@ -8,10 +8,12 @@
 #![warn(missing_docs)]
 
 pub mod hlc;
+pub mod key;
 pub mod op;
 pub mod record;
 pub mod space;
 
 pub use hlc::{ClockSkewError, Hlc, Stamp};
+pub use key::Key;
 pub use op::{Op, OpRef};
 pub use space::{Digest, Entry, Merge, Space};

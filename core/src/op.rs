@@ -72,7 +72,44 @@ pub struct OpRef<'a> {
     pub origin: u64,
 }
 
-impl OpRef<'_> {
+impl<'a> OpRef<'a> {
+    /// Decodes and validates a protobuf `aether.v1.Op` without copying or
+    /// allocating: fields borrow from `buf`. Accepts exactly what prost's
+    /// decoder accepts for this message (unknown fields are skipped, the last
+    /// occurrence of a field wins) and validates like [`Op::decode`].
+    pub fn decode(mut buf: &'a [u8]) -> Result<OpRef<'a>, DecodeError> {
+        let mut space: &[u8] = &[];
+        let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
+        let (mut tombstone, mut stamp, mut origin) = (false, Stamp::default(), 0u64);
+        while !buf.is_empty() {
+            let tag = decode_varint(&mut buf)?;
+            let (field, wire) = (tag >> 3, tag & 7);
+            if field == 0 || field > u32::MAX as u64 >> 3 {
+                return Err(DecodeError::Malformed("invalid field number"));
+            }
+            match (field, wire) {
+                (1, 2) => space = take_len_delimited(&mut buf)?,
+                (2, 2) => key = take_len_delimited(&mut buf)?,
+                (3, 2) => value = take_len_delimited(&mut buf)?,
+                (4, 0) => tombstone = decode_varint(&mut buf)? != 0,
+                (5, 1) => stamp.wall_ns = take_fixed64(&mut buf)?,
+                (6, 0) => stamp.counter = decode_varint(&mut buf)? as u32,
+                (7, 1) => stamp.actor = take_fixed64(&mut buf)?,
+                (8, 1) => origin = take_fixed64(&mut buf)?,
+                (1..=8, _) => return Err(DecodeError::Malformed("wrong wire type for a known field")),
+                (_, wire) => skip_field(field, wire, &mut buf, 0)?,
+            }
+        }
+        let space = std::str::from_utf8(space).map_err(|_| DecodeError::Malformed("space is not UTF-8"))?;
+        if std::str::from_utf8(key).is_err() {
+            return Err(DecodeError::KeyNotUtf8);
+        }
+        if tombstone && !value.is_empty() {
+            return Err(DecodeError::TombstoneWithValue);
+        }
+        Ok(OpRef { space, key, value: (!tombstone).then_some(value), stamp, origin })
+    }
+
     /// Length of the protobuf encoding.
     pub fn encoded_len(&self) -> usize {
         let ld = |tag_len: usize, n: usize| if n == 0 { 0 } else { tag_len + encoded_len_varint(n as u64) + n };
@@ -130,12 +167,84 @@ impl OpRef<'_> {
     }
 }
 
+fn decode_varint(buf: &mut &[u8]) -> Result<u64, DecodeError> {
+    let mut value = 0u64;
+    for i in 0..10 {
+        let Some((&b, rest)) = buf.split_first() else {
+            return Err(DecodeError::Malformed("truncated varint"));
+        };
+        *buf = rest;
+        // The tenth byte may only carry the top bit of a u64.
+        if i == 9 && b > 1 {
+            return Err(DecodeError::Malformed("varint overflows 64 bits"));
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Ok(value);
+        }
+    }
+    Err(DecodeError::Malformed("varint overflows 64 bits"))
+}
+
+/// Most nested groups skipped (prost's recursion limit).
+const MAX_GROUP_DEPTH: u32 = 100;
+
+/// Skips one unknown field's value (wire types 0, 1, 2, 5 and groups).
+fn skip_field(field: u64, wire: u64, buf: &mut &[u8], depth: u32) -> Result<(), DecodeError> {
+    match wire {
+        0 => decode_varint(buf).map(drop),
+        1 => take_fixed64(buf).map(drop),
+        2 => take_len_delimited(buf).map(drop),
+        5 => {
+            let (_, rest) = buf.split_first_chunk::<4>().ok_or(DecodeError::Malformed("truncated fixed32"))?;
+            *buf = rest;
+            Ok(())
+        }
+        3 => {
+            if depth >= MAX_GROUP_DEPTH {
+                return Err(DecodeError::Malformed("groups nested too deeply"));
+            }
+            loop {
+                let tag = decode_varint(buf)?;
+                let (inner, inner_wire) = (tag >> 3, tag & 7);
+                if inner == 0 || inner > u32::MAX as u64 >> 3 {
+                    return Err(DecodeError::Malformed("invalid field number"));
+                }
+                if inner_wire == 4 {
+                    return if inner == field { Ok(()) } else { Err(DecodeError::Malformed("unexpected end group")) };
+                }
+                skip_field(inner, inner_wire, buf, depth + 1)?;
+            }
+        }
+        _ => Err(DecodeError::Malformed("unexpected wire type")),
+    }
+}
+
+fn take_fixed64(buf: &mut &[u8]) -> Result<u64, DecodeError> {
+    let (head, rest) = buf.split_first_chunk::<8>().ok_or(DecodeError::Malformed("truncated fixed64"))?;
+    *buf = rest;
+    Ok(u64::from_le_bytes(*head))
+}
+
+fn take_len_delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
+    let len = decode_varint(buf)?;
+    if len > buf.len() as u64 {
+        return Err(DecodeError::Malformed("length-delimited field overruns the buffer"));
+    }
+    let (field, rest) = buf.split_at(len as usize);
+    *buf = rest;
+    Ok(field)
+}
+
 /// Why an op could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// Not a valid protobuf `aether.v1.Op`.
     #[error("malformed op: {0}")]
     Protobuf(#[from] prost::DecodeError),
+    /// Not a valid protobuf `aether.v1.Op` (zero-copy decoder).
+    #[error("malformed op: {0}")]
+    Malformed(&'static str),
     /// The key is not UTF-8.
     #[error("op key is not UTF-8")]
     KeyNotUtf8,
@@ -189,8 +298,31 @@ mod tests {
         }
 
         #[test]
-        fn decode_never_panics(buf in prop::collection::vec(any::<u8>(), 0..128)) {
-            let _ = Op::decode(Bytes::from(buf));
+        fn zero_copy_decoder_agrees_with_prost(op in arb_op()) {
+            let enc = op.as_ref().encode_to_vec();
+            let view = OpRef::decode(&enc).unwrap();
+            prop_assert_eq!(view.space, op.space.as_str());
+            prop_assert_eq!(view.key, &op.key[..]);
+            prop_assert_eq!(view.value, op.value.as_deref());
+            prop_assert_eq!(view.stamp, op.stamp);
+            prop_assert_eq!(view.origin, op.origin);
+        }
+
+        /// On arbitrary bytes both decoders agree on success, and never panic.
+        #[test]
+        fn decoders_agree_on_garbage(buf in prop::collection::vec(any::<u8>(), 0..128)) {
+            let owned = Op::decode(Bytes::from(buf.clone()));
+            let view = OpRef::decode(&buf);
+            match (owned, view) {
+                (Ok(o), Ok(v)) => {
+                    prop_assert_eq!(v.space, o.space.as_str());
+                    prop_assert_eq!(v.key, &o.key[..]);
+                    prop_assert_eq!(v.value, o.value.as_deref());
+                    prop_assert_eq!(v.stamp, o.stamp);
+                }
+                (Err(_), Err(_)) => {}
+                (o, v) => prop_assert!(false, "decoders disagree: prost {:?} vs view {:?}", o, v),
+            }
         }
     }
 

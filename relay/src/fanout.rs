@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use aether_core::Stamp;
+use aether_core::{Key, Stamp};
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
@@ -14,7 +14,7 @@ use tokio::sync::{Notify, mpsc};
 #[derive(Debug)]
 pub struct OpEvent {
     /// Key (UTF-8).
-    pub key: Bytes,
+    pub key: Key,
     /// Value (JSON text for browser clients), `None` for a delete.
     pub value: Option<Bytes>,
     /// Stamp given by the relay or the client.
@@ -24,7 +24,7 @@ pub struct OpEvent {
 
 impl OpEvent {
     /// An event for an applied op.
-    pub fn new(key: Bytes, value: Option<Bytes>, stamp: Stamp) -> Self {
+    pub fn new(key: Key, value: Option<Bytes>, stamp: Stamp) -> Self {
         Self { key, value, stamp, json: OnceLock::new() }
     }
 

@@ -13,6 +13,14 @@ pub struct Metrics {
     pub ops: IntCounterVec,
     /// Time from receiving a write to acknowledging it to its writer.
     pub op_latency: HistogramVec,
+    /// `op_latency{ack="durable"}`, resolved once.
+    pub op_latency_durable: Histogram,
+    /// `op_latency{ack="memory"}`, resolved once.
+    pub op_latency_memory: Histogram,
+    /// `ops{kind="set"}`, resolved once.
+    pub ops_set: IntCounter,
+    /// `ops{kind="delete"}`, resolved once.
+    pub ops_delete: IntCounter,
     /// Time to hand one op to every subscriber's queue.
     pub fanout_latency: Histogram,
     /// Subscribers one op was delivered to.
@@ -52,17 +60,23 @@ impl Metrics {
         let r = Registry::new();
         let latency_buckets = exponential_buckets(10e-6, 2.0, 18).expect("valid buckets"); // 10 µs .. 1.3 s
         let count_buckets = exponential_buckets(1.0, 2.0, 16).expect("valid buckets"); // 1 .. 32768
+        let ops = registered(&r, IntCounterVec::new(Opts::new("aether_ops_total", "Ops accepted"), &["kind"]).unwrap());
+        let op_latency = registered(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new("aether_op_latency_seconds", "Receive to writer acknowledgement")
+                    .buckets(latency_buckets.clone()),
+                &["ack"],
+            )
+            .unwrap(),
+        );
         Self {
-            ops: registered(&r, IntCounterVec::new(Opts::new("aether_ops_total", "Ops accepted"), &["kind"]).unwrap()),
-            op_latency: registered(
-                &r,
-                HistogramVec::new(
-                    HistogramOpts::new("aether_op_latency_seconds", "Receive to writer acknowledgement")
-                        .buckets(latency_buckets.clone()),
-                    &["ack"],
-                )
-                .unwrap(),
-            ),
+            ops_set: ops.with_label_values(&["set"]),
+            ops_delete: ops.with_label_values(&["delete"]),
+            op_latency_durable: op_latency.with_label_values(&["durable"]),
+            op_latency_memory: op_latency.with_label_values(&["memory"]),
+            ops,
+            op_latency,
             fanout_latency: registered(
                 &r,
                 Histogram::with_opts(

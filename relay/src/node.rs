@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use aether_core::{Hlc, OpRef, Space};
+use aether_core::{Hlc, Key, OpRef, Space};
 use bytes::Bytes;
 use tokio::sync::watch;
 
@@ -142,10 +142,10 @@ impl Relay {
         let mut inner = hub.lock();
         let stamp = self.hlc.lock().unwrap_or_else(|e| e.into_inner()).tick(now_ns());
         let lsn = self.wal.append(OpRef { space: hub.name(), key, value, stamp, origin: self.actor })?;
-        let key = Bytes::copy_from_slice(key);
+        let key = Key::from(key);
         let value = value.map(Bytes::copy_from_slice);
         inner.space.merge_owned(key.clone(), value.clone(), stamp);
-        self.metrics.ops.with_label_values(&[if value.is_some() { "set" } else { "delete" }]).inc();
+        if value.is_some() { &self.metrics.ops_set } else { &self.metrics.ops_delete }.inc();
         let event = Arc::new(OpEvent::new(key, value, stamp));
         let fanout_started = Instant::now();
         let mut delivered = 0usize;
@@ -154,7 +154,7 @@ impl Relay {
                 let item = match self.ack {
                     AckMode::Durable => Outbound::Ack { event: event.clone(), lsn, received },
                     AckMode::Memory => {
-                        self.metrics.op_latency.with_label_values(&["memory"]).observe(received.elapsed().as_secs_f64());
+                        self.metrics.op_latency_memory.observe(received.elapsed().as_secs_f64());
                         Outbound::Op(event.clone())
                     }
                 };

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use aether_core::Space;
+use aether_core::{Key, Space};
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 
@@ -33,7 +33,7 @@ pub struct SpaceInner {
 #[derive(Debug)]
 pub struct Joined {
     /// Live keys and values at the moment of joining.
-    pub snapshot: Vec<(Bytes, Bytes)>,
+    pub snapshot: Vec<(Key, Bytes)>,
     /// Presence of the clients already there.
     pub presence: Vec<Utf8Bytes>,
 }

@@ -113,6 +113,10 @@ pub fn parse<'a>(text: &'a str, limits: &WireLimits, scratch: &'a mut String) ->
             format!("message of {} bytes exceeds the limit of {} bytes", text.len(), limits.message_bytes),
         ));
     }
+    // serde would also read a struct from a JSON array; the protocol only has objects.
+    if !text.trim_start().starts_with('{') {
+        return Err(Reject::new("invalid-json", "a message must be a JSON object"));
+    }
     let env: Envelope<'a> =
         serde_json::from_str(text).map_err(|e| Reject::new("invalid-json", format!("not a JSON object: {e}")))?;
     let kind = string_field(env.kind, "type")?;

@@ -32,8 +32,8 @@ use aether_core::record::{FILE_HEADER, WAL_MAGIC, file_header, put_frame_with};
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
-pub use segment::{OnCorrupt, State};
-use segment::{list_segments, replay_segment, segment_name};
+pub use segment::{OnCorrupt, Replayer, State};
+use segment::{list_segments, segment_name};
 use snapshot::sync_dir;
 
 /// WAL settings.
@@ -161,11 +161,11 @@ impl Wal {
             }
         }
 
-        let mut state = State::default();
+        let mut replayer = Replayer::new();
         let mut rec = Recovery::default();
         let mut covered = 0;
         if let Some((seq, dir)) = snapshot::latest(&snap_dir).map_err(io_ctx("listing snapshots"))? {
-            snapshot::load(&dir, &mut state)?;
+            snapshot::load(&dir, &mut replayer)?;
             covered = seq;
             rec.snapshot = Some(seq);
         }
@@ -179,7 +179,7 @@ impl Wal {
         }
         for (i, (seq, path)) in live.iter().enumerate() {
             let last = i + 1 == live.len();
-            let outcome = replay_segment(path, last, cfg.on_corrupt, &mut state)?;
+            let outcome = replayer.replay_segment(path, last, cfg.on_corrupt)?;
             rec.segments += 1;
             if !outcome.skipped.is_empty() {
                 rec.skipped += outcome.skipped.len();
@@ -206,6 +206,7 @@ impl Wal {
             }
             last_seq = last_seq.max(*seq);
         }
+        let state = replayer.finish();
         rec.ops = state.ops;
         rec.bytes = state.bytes;
 

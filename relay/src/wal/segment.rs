@@ -1,13 +1,14 @@
 //! WAL segment files: naming, listing, and replaying their records.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use aether_core::record::{FILE_HEADER, FrameError, Frames, WAL_MAGIC, next_valid_frame, parse_file_header};
-use aether_core::{Op, Space, Stamp};
-use bytes::Bytes;
+use aether_core::space::MapHasher;
+use aether_core::{OpRef, Space, Stamp};
 
 /// File name of segment `seq`.
 pub fn segment_name(seq: u64) -> String {
@@ -32,7 +33,7 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 #[derive(Debug, Default)]
 pub struct State {
     /// Spaces by name.
-    pub spaces: HashMap<String, Space>,
+    pub spaces: HashMap<String, Space, MapHasher>,
     /// Greatest stamp of any replayed op.
     pub max_stamp: Stamp,
     /// Ops replayed (duplicates and superseded ones included).
@@ -42,15 +43,17 @@ pub struct State {
 }
 
 impl State {
-    /// Merges one op.
-    pub fn apply(&mut self, op: Op) {
+    /// Merges one op into space `space` (the op's own space field is ignored,
+    /// so snapshot ops, which carry it empty, use their file's space).
+    pub fn apply(&mut self, space: &str, op: &OpRef<'_>) {
         self.ops += 1;
         self.max_stamp = self.max_stamp.max(op.stamp);
-        let space = match self.spaces.get_mut(op.space.as_str()) {
+        // Look up by &str first: the name is allocated once per space, not per op.
+        let target = match self.spaces.get_mut(space) {
             Some(s) => s,
-            None => self.spaces.entry(op.space).or_default(),
+            None => self.spaces.entry(space.to_owned()).or_default(),
         };
-        space.merge(&op.key, op.value.as_deref(), op.stamp);
+        target.merge(op.key, op.value, op.stamp);
     }
 }
 
@@ -100,20 +103,132 @@ pub struct SegmentReplay {
     pub skipped: Vec<usize>,
 }
 
-/// Replays segment `path` into `state`. A bad record with nothing intact after
-/// it is a torn tail when `last` (the segment being written at a crash);
-/// anything else is corruption, handled per `on_corrupt`.
-pub fn replay_segment(
+/// Rebuilds state from ledger files using every core.
+///
+/// Checksums and decoding are cheap; what costs is the hash-map update of each
+/// op, which misses the cache once the state outgrows it. So every worker scans
+/// the whole file but applies only the ops whose key hashes to its partition;
+/// partitions hold disjoint keys and are merged once at the end. Small files
+/// are scanned once on the calling thread, routing each op to its partition.
+pub struct Replayer {
+    parts: Vec<State>,
+    hasher: MapHasher,
+    buf: Vec<u8>,
+}
+
+/// Files smaller than this are replayed on the calling thread.
+const PARALLEL_MIN_BYTES: usize = 4 << 20;
+/// Most replay threads.
+const MAX_WORKERS: usize = 8;
+
+/// Where a scan sends each decoded op: `(space, op)`.
+pub type Apply<'a> = dyn FnMut(&str, &OpRef<'_>) + 'a;
+
+impl Replayer {
+    /// A replayer with one partition per available core.
+    pub fn new() -> Self {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WORKERS);
+        Self::with_workers(n)
+    }
+
+    /// A replayer with `n` partitions (and up to `n` threads).
+    pub fn with_workers(n: usize) -> Self {
+        Self { parts: (0..n.max(1)).map(|_| State::default()).collect(), hasher: MapHasher::default(), buf: Vec::new() }
+    }
+
+    /// Reads `path` into the reused buffer.
+    pub fn read(&mut self, path: &Path) -> io::Result<()> {
+        use std::io::Read;
+        self.buf.clear();
+        let mut file = fs::File::open(path)?;
+        self.buf.reserve(file.metadata()?.len() as usize);
+        file.read_to_end(&mut self.buf)?;
+        self.parts[0].bytes += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// Runs `scan` over the buffer, its `Apply` callback merging ops into their
+    /// partitions. `scan` must be deterministic: in parallel mode each worker
+    /// runs it, and the leader's (worker 0's, the only one told `true`) result is kept.
+    pub fn scan<R: Send>(&mut self, scan: impl Fn(&[u8], bool, &mut Apply<'_>) -> R + Sync) -> R {
+        let n = self.parts.len();
+        let hasher = &self.hasher;
+        let buf = &self.buf[..];
+        if n == 1 || buf.len() < PARALLEL_MIN_BYTES {
+            let parts = &mut self.parts;
+            return scan(buf, true, &mut |space, op| {
+                parts[hasher.hash_one(op.key) as usize % n].apply(space, op);
+            });
+        }
+        std::thread::scope(|scope| {
+            let scan = &scan;
+            let mut workers: Vec<_> = self
+                .parts
+                .iter_mut()
+                .enumerate()
+                .map(|(i, part)| {
+                    scope.spawn(move || {
+                        scan(buf, i == 0, &mut |space, op| {
+                            if hasher.hash_one(op.key) as usize % n == i {
+                                part.apply(space, op);
+                            }
+                        })
+                    })
+                })
+                .collect();
+            let leader = workers.remove(0).join().expect("replay worker panicked");
+            for w in workers {
+                let _ = w.join().expect("replay worker panicked");
+            }
+            leader
+        })
+    }
+
+    /// Replays WAL segment `path`. A bad record with nothing intact after it is
+    /// a torn tail when `last` (the segment being written at a crash); anything
+    /// else is corruption, handled per `on_corrupt`.
+    pub fn replay_segment(
+        &mut self,
+        path: &Path,
+        last: bool,
+        on_corrupt: OnCorrupt,
+    ) -> Result<SegmentReplay, ReplayError> {
+        self.read(path).map_err(|source| ReplayError::Io { path: path.to_owned(), source })?;
+        self.scan(|buf, leader, apply| scan_segment(buf, path, last, on_corrupt, leader, apply))
+    }
+
+    /// Merges the partitions into one state.
+    pub fn finish(self) -> State {
+        let mut parts = self.parts.into_iter();
+        let mut state = parts.next().unwrap_or_default();
+        for part in parts {
+            state.ops += part.ops;
+            state.bytes += part.bytes;
+            state.max_stamp = state.max_stamp.max(part.max_stamp);
+            for (name, space) in part.spaces {
+                state.spaces.entry(name).or_default().absorb(space);
+            }
+        }
+        state
+    }
+}
+
+impl Default for Replayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn scan_segment(
+    buf: &[u8],
     path: &Path,
     last: bool,
     on_corrupt: OnCorrupt,
-    state: &mut State,
+    leader: bool,
+    apply: &mut Apply<'_>,
 ) -> Result<SegmentReplay, ReplayError> {
-    let io_err = |source| ReplayError::Io { path: path.to_owned(), source };
-    let buf = Bytes::from(fs::read(path).map_err(io_err)?);
-    state.bytes += buf.len() as u64;
     let corrupt = |offset: usize, reason: String| ReplayError::Corrupt { path: path.to_owned(), offset, reason };
-    match parse_file_header(WAL_MAGIC, &buf) {
+    match parse_file_header(WAL_MAGIC, buf) {
         Ok(_) => {}
         // A segment whose header never reached the disk holds nothing.
         Err(FrameError::Truncated { .. }) if last => {
@@ -122,49 +237,38 @@ pub fn replay_segment(
         Err(e) => return Err(corrupt(0, e.to_string())),
     }
     let mut skipped = Vec::new();
-    let mut frames = Frames::new(&buf, FILE_HEADER);
+    let mut frames = Frames::new(buf, FILE_HEADER);
     while let Some(frame) = frames.next() {
-        let (offset, reason) = match frame {
-            Ok(f) => {
-                let start = f.payload.as_ptr() as usize - buf.as_ptr() as usize;
-                match Op::decode(buf.slice(start..start + f.payload.len())) {
-                    Ok(op) => {
-                        state.apply(op);
-                        continue;
-                    }
-                    // The checksum matched, so these bytes were written as they are: a real corruption
-                    // (or a bug), never a torn write.
-                    Err(e) => {
-                        let next = f.offset + aether_core::record::FRAME_HEADER + f.payload.len();
-                        match on_corrupt {
-                            OnCorrupt::Fail => return Err(corrupt(f.offset, e.to_string())),
-                            OnCorrupt::Skip => {
-                                tracing::error!(path = %path.display(), offset = f.offset, error = %e, "skipping undecodable WAL record");
-                                skipped.push(f.offset);
-                                frames.resume_at(next);
-                                continue;
-                            }
-                        }
-                    }
+        let (offset, reason, next) = match frame {
+            Ok(f) => match OpRef::decode(f.payload) {
+                Ok(op) => {
+                    apply(op.space, &op);
+                    continue;
                 }
-            }
-            Err(e) => (e.offset(), e.to_string()),
-        };
-        match next_valid_frame(&buf, offset) {
-            None if last => {
-                return Ok(SegmentReplay { valid_len: offset as u64, torn_tail: true, skipped });
-            }
-            next => match on_corrupt {
-                OnCorrupt::Fail => return Err(corrupt(offset, reason)),
-                OnCorrupt::Skip => {
-                    tracing::error!(path = %path.display(), offset, %reason, "skipping corrupt WAL record");
-                    skipped.push(offset);
-                    match next {
-                        Some(p) => frames.resume_at(p),
-                        None => break,
-                    }
-                }
+                // The checksum matched, so these bytes were written as they are: a real
+                // corruption (or a bug), never a torn write. Skipping it skips just this frame.
+                Err(e) => (f.offset, e.to_string(), Some(frames.position())),
             },
+            Err(e) => {
+                let next = next_valid_frame(buf, e.offset());
+                if next.is_none() && last {
+                    return Ok(SegmentReplay { valid_len: e.offset() as u64, torn_tail: true, skipped });
+                }
+                (e.offset(), e.to_string(), next)
+            }
+        };
+        match on_corrupt {
+            OnCorrupt::Fail => return Err(corrupt(offset, reason)),
+            OnCorrupt::Skip => {
+                if leader {
+                    tracing::error!(path = %path.display(), offset, %reason, "skipping corrupt WAL record");
+                }
+                skipped.push(offset);
+                match next {
+                    Some(p) => frames.resume_at(p),
+                    None => break,
+                }
+            }
         }
     }
     Ok(SegmentReplay { valid_len: buf.len() as u64, torn_tail: false, skipped })

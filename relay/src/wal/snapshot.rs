@@ -10,13 +10,12 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use aether_core::record::{FILE_HEADER, Frames, SNAPSHOT_MAGIC, file_header, parse_file_header, put_frame_with};
-use aether_core::{Op, OpRef};
+use aether_core::OpRef;
 use aether_proto::v1::SnapshotHeader;
-use bytes::Bytes;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
-use super::segment::State;
+use super::segment::{Apply, Replayer, State};
 
 /// The `MANIFEST` of a snapshot directory, written last.
 #[derive(Debug, Serialize, Deserialize)]
@@ -73,14 +72,10 @@ pub enum SnapshotError {
     },
 }
 
-/// Loads snapshot `dir` into `state`.
-pub fn load(dir: &Path, state: &mut State) -> Result<Manifest, SnapshotError> {
-    let io_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| SnapshotError::Io { path, source }
-    };
+/// Loads snapshot `dir` through `replayer`.
+pub fn load(dir: &Path, replayer: &mut Replayer) -> Result<Manifest, SnapshotError> {
     let manifest_path = dir.join("MANIFEST");
-    let raw = fs::read(&manifest_path).map_err(io_err(&manifest_path))?;
+    let raw = fs::read(&manifest_path).map_err(|source| SnapshotError::Io { path: manifest_path.clone(), source })?;
     let manifest: Manifest = serde_json::from_slice(&raw).map_err(|e| SnapshotError::Corrupt {
         path: manifest_path.clone(),
         offset: 0,
@@ -88,31 +83,32 @@ pub fn load(dir: &Path, state: &mut State) -> Result<Manifest, SnapshotError> {
     })?;
     for name in &manifest.files {
         let path = dir.join(name);
-        let corrupt = |offset, reason: String| SnapshotError::Corrupt { path: path.clone(), offset, reason };
-        let buf = Bytes::from(fs::read(&path).map_err(io_err(&path))?);
-        state.bytes += buf.len() as u64;
-        parse_file_header(SNAPSHOT_MAGIC, &buf).map_err(|e| corrupt(0, e.to_string()))?;
-        let mut frames = Frames::new(&buf, FILE_HEADER);
-        let header = match frames.next() {
-            Some(Ok(f)) => SnapshotHeader::decode(f.payload).map_err(|e| corrupt(f.offset, e.to_string()))?,
-            Some(Err(e)) => return Err(corrupt(e.offset(), e.to_string())),
-            None => return Err(corrupt(FILE_HEADER, "missing snapshot header".into())),
-        };
-        let mut count = 0u64;
-        for frame in frames {
-            let f = frame.map_err(|e| corrupt(e.offset(), e.to_string()))?;
-            let start = f.payload.as_ptr() as usize - buf.as_ptr() as usize;
-            let mut op = Op::decode(buf.slice(start..start + f.payload.len()))
-                .map_err(|e| corrupt(f.offset, e.to_string()))?;
-            op.space.clone_from(&header.space);
-            state.apply(op);
-            count += 1;
-        }
-        if count != header.ops {
-            return Err(corrupt(0, format!("header announces {} ops, file holds {count}", header.ops)));
-        }
+        replayer.read(&path).map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
+        replayer.scan(|buf, _, apply| scan_snapshot(buf, &path, apply))?;
     }
     Ok(manifest)
+}
+
+fn scan_snapshot(buf: &[u8], path: &Path, apply: &mut Apply<'_>) -> Result<(), SnapshotError> {
+    let corrupt = |offset, reason: String| SnapshotError::Corrupt { path: path.to_owned(), offset, reason };
+    parse_file_header(SNAPSHOT_MAGIC, buf).map_err(|e| corrupt(0, e.to_string()))?;
+    let mut frames = Frames::new(buf, FILE_HEADER);
+    let header = match frames.next() {
+        Some(Ok(f)) => SnapshotHeader::decode(f.payload).map_err(|e| corrupt(f.offset, e.to_string()))?,
+        Some(Err(e)) => return Err(corrupt(e.offset(), e.to_string())),
+        None => return Err(corrupt(FILE_HEADER, "missing snapshot header".into())),
+    };
+    let mut count = 0u64;
+    for frame in frames {
+        let f = frame.map_err(|e| corrupt(e.offset(), e.to_string()))?;
+        let op = OpRef::decode(f.payload).map_err(|e| corrupt(f.offset, e.to_string()))?;
+        apply(&header.space, &op);
+        count += 1;
+    }
+    if count != header.ops {
+        return Err(corrupt(0, format!("header announces {} ops, file holds {count}", header.ops)));
+    }
+    Ok(())
 }
 
 /// Writes `state` as the snapshot covering segments up to `covers_segment`,

@@ -7,7 +7,7 @@ use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::segment::{State, list_segments, replay_segment};
+use super::segment::{Replayer, list_segments};
 use super::{Shared, WalConfig, create_segment, publish_failed, snapshot};
 use crate::metrics::Metrics;
 
@@ -116,15 +116,17 @@ pub(crate) fn spawn_snapshotter(
 fn take_snapshot(cfg: &WalConfig, covered: u64, upto: u64, metrics: &Metrics) -> Result<u64, String> {
     let wal_dir = cfg.dir.join("wal");
     let snap_root = cfg.dir.join("snapshots");
-    let mut state = State::default();
+    // One partition: this runs beside the live relay and should not take every core.
+    let mut replayer = Replayer::with_workers(1);
     let previous = snapshot::latest(&snap_root).map_err(|e| e.to_string())?;
     if let Some((_, dir)) = &previous {
-        snapshot::load(dir, &mut state).map_err(|e| e.to_string())?;
+        snapshot::load(dir, &mut replayer).map_err(|e| e.to_string())?;
     }
     let segments = list_segments(&wal_dir).map_err(|e| e.to_string())?;
     for (seq, path) in segments.iter().filter(|(s, _)| *s > covered && *s <= upto) {
-        replay_segment(path, false, cfg.on_corrupt, &mut state).map_err(|e| format!("segment {seq}: {e}"))?;
+        replayer.replay_segment(path, false, cfg.on_corrupt).map_err(|e| format!("segment {seq}: {e}"))?;
     }
+    let state = replayer.finish();
     snapshot::write(&snap_root, upto, &state).map_err(|e| e.to_string())?;
     let entries = state.spaces.values().map(|s| s.len() as u64).sum();
     drop(state);
