@@ -177,6 +177,7 @@ impl Wal {
             // Leftovers of a clean-up interrupted after a snapshot covered them.
             fs::remove_file(&path).map_err(io_ctx(format!("removing covered {}", path.display())))?;
         }
+        let mut removed = 0;
         for (i, (seq, path)) in live.iter().enumerate() {
             let last = i + 1 == live.len();
             let outcome = replayer.replay_segment(path, last, cfg.on_corrupt)?;
@@ -190,11 +191,16 @@ impl Wal {
                 tracing::warn!(segment = %path.display(), copy = %dest.display(), offsets = ?outcome.skipped,
                     "skipped corrupt WAL records; the original segment is kept in quarantine");
             }
+            if outcome.valid_len <= FILE_HEADER as u64 && outcome.skipped.is_empty() {
+                // Nothing in it (e.g. a restart without writes): not worth keeping.
+                fs::remove_file(path).map_err(io_ctx(format!("removing empty {}", path.display())))?;
+                last_seq = last_seq.max(*seq);
+                removed += 1;
+                continue;
+            }
             if outcome.torn_tail {
                 rec.truncated = Some((*seq, outcome.valid_len));
-                if outcome.valid_len < FILE_HEADER as u64 {
-                    fs::remove_file(path).map_err(io_ctx(format!("removing torn {}", path.display())))?;
-                } else {
+                {
                     let f = OpenOptions::new().write(true).open(path).map_err(io_ctx("opening torn segment"))?;
                     f.set_len(outcome.valid_len).map_err(io_ctx("truncating torn segment"))?;
                     f.sync_all().map_err(io_ctx("syncing truncated segment"))?;
@@ -212,7 +218,7 @@ impl Wal {
 
         let seq = last_seq + 1;
         let file = create_segment(&wal_dir, seq).map_err(io_ctx("creating a WAL segment"))?;
-        metrics.wal_segments.set(live.len() as i64 + 1);
+        metrics.wal_segments.set((live.len() - removed) as i64 + 1);
         let (durable, _) = watch::channel(Durable::default());
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending { buf: Vec::with_capacity(1 << 20), records: 0, last_lsn: 0, closed: false }),
@@ -314,4 +320,108 @@ pub fn node_id(dir: &Path) -> io::Result<u64> {
 
 pub(crate) fn publish_failed(shared: &Shared) {
     shared.durable.send_modify(|d| d.failed = true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aether_core::Stamp;
+
+    fn cfg(dir: &Path) -> WalConfig {
+        WalConfig {
+            dir: dir.to_owned(),
+            segment_bytes: 1 << 30,
+            snapshot_after_bytes: u64::MAX,
+            max_pending_bytes: usize::MAX,
+            on_corrupt: OnCorrupt::Fail,
+        }
+    }
+
+    fn write_ops(dir: &Path, n: u64, keys: u64) {
+        let (wal, _, _) = Wal::open(&cfg(dir), &Metrics::new()).unwrap();
+        let value = [b'v'; 100];
+        for i in 0..n {
+            let key = format!("key-{}", i % keys);
+            let space = if i % 3 == 0 { "a" } else { "b" };
+            let v = (i % 10 != 0).then_some(&value[..(i % 100) as usize]);
+            let stamp = Stamp { wall_ns: 1_000 + i / 2, counter: (i % 2) as u32, actor: 1 + i % 3 };
+            wal.append(OpRef { space, key: key.as_bytes(), value: v, stamp, origin: 1 }).unwrap();
+        }
+        wal.close();
+    }
+
+    /// The parallel replay path (files above the threshold) and the sequential
+    /// one rebuild byte-identical spaces.
+    #[test]
+    fn parallel_replay_equals_sequential() {
+        let dir = tempfile::tempdir().unwrap();
+        write_ops(dir.path(), 120_000, 5_000);
+        let (_, seg) = list_segments(&dir.path().join("wal")).unwrap().into_iter().next().unwrap();
+        assert!(fs::metadata(&seg).unwrap().len() as usize > segment::PARALLEL_MIN_BYTES, "segment too small");
+        let replay = |workers| {
+            let mut r = Replayer::with_workers(workers);
+            let out = r.replay_segment(&seg, true, OnCorrupt::Fail).unwrap();
+            assert!(!out.torn_tail);
+            r.finish()
+        };
+        let one = replay(1);
+        let three = replay(3);
+        assert_eq!(one.ops, 120_000);
+        assert_eq!(three.ops, 120_000);
+        assert_eq!(one.max_stamp, three.max_stamp);
+        assert_eq!(one.spaces.len(), 2);
+        for (name, space) in &one.spaces {
+            assert_eq!(space.digest(), three.spaces[name].digest(), "space {name}");
+            assert_eq!(space.live_len(), three.spaces[name].live_len());
+        }
+    }
+
+    #[test]
+    fn reopening_recovers_and_continues_in_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        write_ops(dir.path(), 1_000, 100);
+        let (wal, state, rec) = Wal::open(&cfg(dir.path()), &Metrics::new()).unwrap();
+        assert_eq!(rec.ops, 1_000);
+        assert_eq!(state.spaces["a"].len() + state.spaces["b"].len(), 200);
+        assert_eq!(state.max_stamp, Stamp { wall_ns: 1_000 + 999 / 2, counter: 1, actor: 1 + 999 % 3 });
+        drop(wal);
+        let seqs = || list_segments(&dir.path().join("wal")).unwrap().into_iter().map(|(s, _)| s).collect::<Vec<_>>();
+        assert_eq!(seqs(), vec![1, 2]);
+        // A restart without writes leaves no empty segment behind.
+        let (wal, state, _) = Wal::open(&cfg(dir.path()), &Metrics::new()).unwrap();
+        assert_eq!(state.ops, 1_000);
+        drop(wal);
+        assert_eq!(seqs(), vec![1, 3]);
+    }
+
+    #[test]
+    fn durable_watermark_follows_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (wal, _, _) = Wal::open(&cfg(dir.path()), &Metrics::new()).unwrap();
+        let mut durable = wal.durable();
+        let op = OpRef { space: "s", key: b"k", value: Some(b"1"), stamp: Stamp::default(), origin: 0 };
+        let lsns: Vec<u64> = (0..50).map(|_| wal.append(op).unwrap()).collect();
+        assert_eq!(lsns, (1..=50).collect::<Vec<_>>());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let d = tokio::time::timeout(std::time::Duration::from_secs(20), durable.wait_for(|d| d.lsn >= 50))
+                .await
+                .expect("durable in time")
+                .unwrap();
+            assert!(!d.failed);
+        });
+        wal.close();
+        assert_eq!(wal.append(op), Err(AppendError::Unavailable));
+    }
+
+    #[test]
+    fn overload_is_refused_not_buffered_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.max_pending_bytes = 0;
+        let (wal, _, _) = Wal::open(&c, &Metrics::new()).unwrap();
+        let op = OpRef { space: "s", key: b"k", value: Some(b"1"), stamp: Stamp::default(), origin: 0 };
+        // With no room at all, the first append already finds the buffer "full".
+        assert_eq!(wal.append(op), Err(AppendError::Overloaded));
+    }
 }

@@ -117,7 +117,7 @@ pub struct Replayer {
 }
 
 /// Files smaller than this are replayed on the calling thread.
-const PARALLEL_MIN_BYTES: usize = 4 << 20;
+pub(crate) const PARALLEL_MIN_BYTES: usize = 4 << 20;
 /// Most replay threads.
 const MAX_WORKERS: usize = 8;
 
