@@ -158,9 +158,8 @@ mod tests {
     fn event() -> impl Strategy<Value = Event> {
         prop_oneof![
             (0u64..1_000).prop_map(Event::Tick),
-            ((0u64..2_000, any::<u32>(), any::<u64>()), 0u64..1_000).prop_map(|((w, c, a), now)| {
-                Event::Observe(Stamp { wall_ns: w, counter: c, actor: a }, now)
-            }),
+            ((0u64..2_000, any::<u32>(), any::<u64>()), 0u64..1_000)
+                .prop_map(|((w, c, a), now)| { Event::Observe(Stamp { wall_ns: w, counter: c, actor: a }, now) }),
         ]
     }
 

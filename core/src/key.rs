@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn lookups_by_slice_work_for_both_forms() {
         let mut m = HashMap::new();
-        let long = vec![b'y'; 100];
+        let long = [b'y'; 100];
         m.insert(Key::from(&b"a"[..]), 1);
         m.insert(Key::from(&long[..]), 2);
         assert_eq!(m.get(&b"a"[..]), Some(&1));

@@ -260,8 +260,10 @@ mod tests {
         fn scanning_garbage_never_panics(buf in prop::collection::vec(any::<u8>(), 0..256), start in 0usize..300) {
             let mut frames = Frames::new(&buf, start);
             while let Some(r) = frames.next() {
-                if let Err(e) = r {
-                    if let Some(p) = next_valid_frame(&buf, e.offset()) { frames.resume_at(p); }
+                if let Err(e) = r
+                    && let Some(p) = next_valid_frame(&buf, e.offset())
+                {
+                    frames.resume_at(p);
                 }
             }
         }

@@ -25,8 +25,7 @@ pub async fn readyz(State(ctx): State<Arc<GatewayCtx>>) -> Response {
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(ctx): State<Arc<GatewayCtx>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], ctx.relay.metrics().render())
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], ctx.relay.metrics().render()).into_response()
 }
 
 /// `GET /`: a small page that syncs a shared note and cursors between tabs.

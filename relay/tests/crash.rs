@@ -35,7 +35,7 @@ struct Ledger {
 
 /// Writes as fast as echoes allow (pipelined) until the relay dies.
 async fn writer(url: String, prefix: String, ledger: Arc<Mutex<Ledger>>) {
-    let (mut c, _, _) = Client::join(&url).await;
+    let (c, _, _) = Client::join(&url).await;
     let (mut sink, mut stream) = c.ws.split();
     let reader = {
         let ledger = ledger.clone();
@@ -76,7 +76,7 @@ async fn writer(url: String, prefix: String, ledger: Arc<Mutex<Ledger>>) {
             break;
         }
         n += 1;
-        if n % 64 == 0 {
+        if n.is_multiple_of(64) {
             tokio::task::yield_now().await;
         }
     }

@@ -166,10 +166,8 @@ async fn passive_listener_is_kept_alive_by_pings() {
     let dir = tempdir();
     // Pings every 50 ms, idle cut-off 200 ms, auth deadline 100 ms: a listener that
     // only answers pings must survive many idle periods.
-    let relay = Relay::start(
-        dir.path(),
-        &["--ping-interval", "50ms", "--idle-timeout", "200ms", "--auth-timeout", "100ms"],
-    );
+    let relay =
+        Relay::start(dir.path(), &["--ping-interval", "50ms", "--idle-timeout", "200ms", "--auth-timeout", "100ms"]);
     let (mut listener, _, _) = Client::join(&relay.ws_url("")).await;
     let (mut writer, _, _) = Client::join(&relay.ws_url("")).await;
     for round in 0..5 {

@@ -34,10 +34,8 @@ async fn serves_wss_and_https_with_the_given_certificate() {
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     let data = dir.path().join("data");
-    let relay = Relay::start(
-        &data,
-        &["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()],
-    );
+    let relay =
+        Relay::start(&data, &["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()]);
     let tls = connector(cert.cert.der().clone());
     let name = ServerName::try_from("localhost").unwrap();
 
@@ -52,9 +50,8 @@ async fn serves_wss_and_https_with_the_given_certificate() {
     // wss:// protocol round trip.
     let tcp = TcpStream::connect(relay.addr).await.unwrap();
     let s = tls.connect(name, tcp).await.unwrap();
-    let (mut ws, _) = tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", relay.addr.port()), s)
-        .await
-        .unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", relay.addr.port()), s).await.unwrap();
     let mut next = async || -> Value {
         loop {
             if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
@@ -64,7 +61,6 @@ async fn serves_wss_and_https_with_the_given_certificate() {
     };
     assert_eq!(next().await["type"], "hello");
     assert_eq!(next().await["type"], "snapshot");
-    drop(next);
     ws.send(Message::text(json!({"type":"set","key":"k","value":"secure"}).to_string())).await.unwrap();
     loop {
         if let Message::Text(t) = ws.next().await.unwrap().unwrap() {
@@ -84,8 +80,9 @@ async fn serves_wss_and_https_with_the_given_certificate() {
 #[tokio::test]
 async fn missing_certificate_file_is_a_clear_startup_error() {
     let dir = tempdir();
-    let err = Relay::try_start(dir.path(), &["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"])
-        .err()
-        .expect("must not start");
+    let err =
+        Relay::try_start(dir.path(), &["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"])
+            .err()
+            .expect("must not start");
     assert!(err.contains("reading TLS certificate /nonexistent/cert.pem"), "{err}");
 }

@@ -307,7 +307,10 @@ fn replay(ops: u64, keys: u64, value_bytes: usize) -> anyhow::Result<()> {
         }
         wal.close();
     }
-    let bytes: u64 = std::fs::read_dir(dir.path().join("wal"))?.map(|e| e.map(|e| e.metadata().map(|m| m.len()))).flatten().flatten().sum();
+    let bytes: u64 = std::fs::read_dir(dir.path().join("wal"))?
+        .flat_map(|e| e.map(|e| e.metadata().map(|m| m.len())))
+        .flatten()
+        .sum();
     let start = Instant::now();
     let (_wal, state, rec) = Wal::open(&cfg, &metrics)?;
     let secs = start.elapsed().as_secs_f64();
@@ -346,7 +349,8 @@ async fn echo_baseline(ops: usize) -> anyhow::Result<()> {
         rt.block_on(async move {
             let (tcp, _) = listener.accept().await.expect("accept");
             tcp.set_nodelay(true).expect("nodelay");
-            let mut ws = tokio_tungstenite::accept_async_with_config(tcp, Some(client_config())).await.expect("handshake");
+            let mut ws =
+                tokio_tungstenite::accept_async_with_config(tcp, Some(client_config())).await.expect("handshake");
             while let Some(Ok(m)) = ws.next().await {
                 if m.is_text() && ws.send(m).await.is_err() {
                     break;
@@ -391,4 +395,3 @@ fn main() -> anyhow::Result<()> {
         }
     })
 }
-

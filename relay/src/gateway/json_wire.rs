@@ -247,7 +247,10 @@ mod tests {
 
     #[test]
     fn parses_every_client_message() {
-        assert_eq!(p(r#"{"type":"set","key":"k","value":{"a": [1, 2]}}"#).unwrap(), r#"Set { key: "k", value: "{\"a\": [1, 2]}" }"#);
+        assert_eq!(
+            p(r#"{"type":"set","key":"k","value":{"a": [1, 2]}}"#).unwrap(),
+            r#"Set { key: "k", value: "{\"a\": [1, 2]}" }"#
+        );
         assert_eq!(p(r#"{"type":"set","key":"k","value":null}"#).unwrap(), r#"Set { key: "k", value: "null" }"#);
         assert_eq!(p(r#"{"type":"delete","key":"k","extra":1}"#).unwrap(), r#"Delete { key: "k" }"#);
         assert_eq!(p(r#"{"type":"presence","x":-3,"y":4}"#).unwrap(), "Presence { x: -3, y: 4 }");

@@ -74,13 +74,12 @@ pub async fn handler(
     let slot = ctx.caps.acquire(ip);
     let token = query.get("auth_token").cloned();
     let limit = ctx.limits.limit_frame_bytes;
-    ws.max_frame_size(limit)
-        .max_message_size(limit)
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .on_upgrade(move |socket| async move {
+    ws.max_frame_size(limit).max_message_size(limit).read_buffer_size(READ_BUFFER_BYTES).on_upgrade(
+        move |socket| async move {
             let (sink, stream) = socket.split();
             Connection::run(ctx, sink, stream, space, token, slot).await;
-        })
+        },
+    )
 }
 
 struct Connection {

@@ -1,8 +1,8 @@
 //! WAL segment files: naming, listing, and replaying their records.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::fs;
+use std::hash::BuildHasher;
 use std::io;
 use std::path::{Path, PathBuf};
 

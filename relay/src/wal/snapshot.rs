@@ -9,8 +9,8 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use aether_core::record::{FILE_HEADER, Frames, SNAPSHOT_MAGIC, file_header, parse_file_header, put_frame_with};
 use aether_core::OpRef;
+use aether_core::record::{FILE_HEADER, Frames, SNAPSHOT_MAGIC, file_header, parse_file_header, put_frame_with};
 use aether_proto::v1::SnapshotHeader;
 use prost::Message;
 use serde::{Deserialize, Serialize};

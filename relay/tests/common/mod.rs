@@ -60,7 +60,11 @@ impl Relay {
             let _ = tx.send(first);
             for _ in lines {}
         });
-        let line = rx.recv_timeout(DEADLINE).map_err(|_| "no listening line in time".to_string())?;
+        let Ok(line) = rx.recv_timeout(DEADLINE) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("no listening line in time".into());
+        };
         let Some(line) = line else {
             let _ = child.wait();
             std::thread::sleep(Duration::from_millis(50));
