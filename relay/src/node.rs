@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aether_core::{Hlc, Key, OpRef, Space};
+use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::config::AckMode;
 use crate::fanout::{OpEvent, Outbound, Subscriber};
 use crate::metrics::Metrics;
-use crate::space::SpaceHub;
+use crate::space::{Joined, SpaceHub};
 use crate::wal::{AppendError, Durable, Recovery, State, Wal};
 
 /// A running relay's shared state.
@@ -114,10 +115,17 @@ impl Relay {
         self.wal.close();
     }
 
-    /// The hub of space `name`, created empty on first use.
-    pub fn space(&self, name: &str) -> Arc<SpaceHub> {
-        if let Some(hub) = self.spaces.read().unwrap_or_else(|e| e.into_inner()).get(name) {
-            return hub.clone();
+    /// Subscribes `sub` to space `name` (created empty on first use) and
+    /// returns the hub with the state to start from.
+    pub fn join(&self, name: &str, sub: Subscriber) -> (Arc<SpaceHub>, Joined) {
+        // Joining under the registry lock (read) keeps `leave` from dropping
+        // the hub between the lookup and the subscription.
+        {
+            let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(hub) = spaces.get(name) {
+                let joined = hub.join(sub);
+                return (hub.clone(), joined);
+            }
         }
         let mut spaces = self.spaces.write().unwrap_or_else(|e| e.into_inner());
         let hub = spaces
@@ -125,7 +133,30 @@ impl Relay {
             .or_insert_with(|| Arc::new(SpaceHub::new(Arc::from(name), Space::new())))
             .clone();
         self.metrics.spaces.set(spaces.len() as i64);
-        hub
+        let joined = hub.join(sub);
+        (hub, joined)
+    }
+
+    /// Unsubscribes connection `conn` from `hub` and announces it left
+    /// (`leave` is the encoded `presence-leave`). A space left with no
+    /// subscribers and no entries is forgotten, so clients cannot grow the
+    /// registry by visiting names.
+    pub fn leave(&self, hub: &Arc<SpaceHub>, conn: u64, leave: Utf8Bytes) {
+        if !hub.leave(conn, leave) {
+            return;
+        }
+        let mut spaces = self.spaces.write().unwrap_or_else(|e| e.into_inner());
+        let inner = hub.lock();
+        if inner.subscribers.is_empty() && inner.space.is_empty() {
+            drop(inner);
+            spaces.remove(hub.name());
+            self.metrics.spaces.set(spaces.len() as i64);
+        }
+    }
+
+    /// Number of spaces held in memory.
+    pub fn space_count(&self) -> usize {
+        self.spaces.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Applies a client's write: stamp, log, merge, fan out. Other subscribers

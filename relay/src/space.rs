@@ -66,14 +66,16 @@ impl SpaceHub {
     }
 
     /// Unsubscribes `conn` and tells the others it left (`leave` is the
-    /// encoded `presence-leave`).
-    pub fn leave(&self, conn: u64, leave: Utf8Bytes) {
+    /// encoded `presence-leave`). Returns true when the space is now unused
+    /// (no subscribers, no entries).
+    pub fn leave(&self, conn: u64, leave: Utf8Bytes) -> bool {
         let mut inner = self.lock();
         inner.subscribers.retain(|s| s.conn != conn);
         inner.presence.remove(&conn);
         for s in &inner.subscribers {
             s.offer(Outbound::Text(leave.clone()));
         }
+        inner.subscribers.is_empty() && inner.space.is_empty()
     }
 
     /// Records `conn`'s presence and relays it to everyone else; returns deliveries.

@@ -258,3 +258,32 @@ async fn health_readiness_and_metrics() {
     assert_eq!(status, 200);
     assert!(page.contains("/ws?space="));
 }
+
+#[tokio::test]
+async fn visiting_empty_spaces_does_not_grow_the_registry() {
+    let dir = tempdir();
+    let relay = Relay::start(dir.path(), &[]);
+    let (mut keeper, _, _) = Client::join(&relay.ws_url("space=kept")).await;
+    keeper.send(json!({"type":"set","key":"k","value":1})).await;
+    keeper.recv().await;
+    for i in 0..20 {
+        let (mut c, _, _) = Client::join(&relay.ws_url(&format!("space=visit-{i}"))).await;
+        c.ws.close(None).await.unwrap();
+        while c.next_event().await != Event::Gone {}
+    }
+    // Only the space with data stays (the server forgets the others as they close).
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    loop {
+        let (_, m) = relay.http_get("/metrics").await;
+        if m.lines().any(|l| l == "aether_spaces 1") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "empty spaces were kept:\n{m}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And a space that was forgotten starts empty and works when visited again.
+    let (mut again, _, snap) = Client::join(&relay.ws_url("space=visit-3")).await;
+    assert_eq!(snap, json!({}));
+    again.send(json!({"type":"set","key":"x","value":2})).await;
+    assert_eq!(again.recv().await["value"], 2);
+}

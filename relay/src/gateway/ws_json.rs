@@ -184,9 +184,8 @@ impl Connection {
         let id = id.to_string();
         let (sub, mut rx) = Subscriber::new(relay.next_conn_id(), self.ctx.limits.limit_send_queue);
         let kill = sub.kill().clone();
-        let hub = relay.space(space);
-        let joined = hub.join(sub.clone());
-        let _leave = Leave { hub: hub.clone(), conn: sub.conn, id: id.clone() };
+        let (hub, joined) = relay.join(space, sub.clone());
+        let _leave = Leave { relay: relay.clone(), hub: hub.clone(), conn: sub.conn, id: id.clone() };
 
         let snapshot = if joined.snapshot.len() > BLOCKING_SNAPSHOT_ENTRIES {
             let entries = joined.snapshot;
@@ -421,6 +420,7 @@ async fn write_batch(
 
 /// Unsubscribes a connection when its task ends, however it ends.
 struct Leave {
+    relay: Arc<crate::node::Relay>,
     hub: Arc<SpaceHub>,
     conn: u64,
     id: String,
@@ -428,6 +428,6 @@ struct Leave {
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.hub.leave(self.conn, json_wire::encode_presence_leave(&self.id));
+        self.relay.leave(&self.hub, self.conn, json_wire::encode_presence_leave(&self.id));
     }
 }
