@@ -87,6 +87,9 @@ pub struct StorageArgs {
     /// Write a snapshot once this many bytes of sealed segments are not yet covered by one.
     #[arg(long, env = "AETHER_SNAPSHOT_AFTER_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub snapshot_after_bytes: u64,
+    /// Most bytes of appended records waiting for the WAL writer; beyond, writes get an `overloaded` error.
+    #[arg(long, env = "AETHER_WAL_MAX_PENDING_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub wal_max_pending_bytes: usize,
     /// Start even if a WAL record in the middle of a segment is corrupt, skipping it (logged with its offset).
     #[arg(long, env = "AETHER_WAL_SKIP_CORRUPT", default_value_t = false)]
     pub wal_skip_corrupt: bool,

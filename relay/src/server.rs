@@ -27,8 +27,6 @@ use crate::{http, tls};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time connections get to close on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-/// Most bytes waiting for the WAL writer before writes are refused.
-const WAL_MAX_PENDING_BYTES: usize = 256 * 1024 * 1024;
 
 /// Opens the data dir (recovering it), then serves until SIGINT/SIGTERM or a
 /// WAL failure. Prints `aether-relay listening on <url>` once accepting.
@@ -38,7 +36,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         dir: args.storage.data_dir.clone(),
         segment_bytes: args.storage.wal_segment_bytes,
         snapshot_after_bytes: args.storage.snapshot_after_bytes,
-        max_pending_bytes: WAL_MAX_PENDING_BYTES,
+        max_pending_bytes: args.storage.wal_max_pending_bytes,
         on_corrupt: if args.storage.wal_skip_corrupt { OnCorrupt::Skip } else { OnCorrupt::Fail },
     };
     let m = metrics.clone();

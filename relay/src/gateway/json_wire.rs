@@ -285,6 +285,35 @@ mod tests {
         assert_eq!(v["message"], "m\"");
     }
 
+    proptest::proptest! {
+        /// Arbitrary text never panics the parser, and anything accepted as a
+        /// write is within the limits.
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,200}") {
+            let mut scratch = String::new();
+            if let Ok(ClientMsg::Set { key, value }) = parse(&text, &LIMITS, &mut scratch) {
+                proptest::prop_assert!(key.len() <= LIMITS.key_bytes && value.len() <= LIMITS.value_bytes);
+                proptest::prop_assert!(serde_json::from_str::<serde_json::Value>(value).is_ok());
+            }
+        }
+
+        /// Any key and JSON value survive parse → encode_op → JSON unchanged.
+        #[test]
+        fn set_roundtrips(key in "\\PC{0,8}", n in proptest::prelude::any::<i64>(), s in "\\PC{0,4}") {
+            let value = serde_json::json!({"n": n, "s": s});
+            let msg = serde_json::json!({"type": "set", "key": key, "value": value}).to_string();
+            let mut scratch = String::new();
+            match parse(&msg, &WireLimits { value_bytes: 1024, ..LIMITS }, &mut scratch) {
+                Ok(ClientMsg::Set { key: k, value: v }) => {
+                    let out: serde_json::Value = serde_json::from_str(encode_op(k.as_bytes(), Some(v.as_bytes())).as_str()).unwrap();
+                    proptest::prop_assert_eq!(out, serde_json::json!({"type": "set", "key": key, "value": value}));
+                }
+                Err(r) => proptest::prop_assert_eq!(r.code, "key-too-large"),
+                Ok(other) => proptest::prop_assert!(false, "parsed as {:?}", other),
+            }
+        }
+    }
+
     #[test]
     fn colors_are_hsl() {
         let c = color_for(&uuid::Uuid::new_v4());

@@ -1,0 +1,26 @@
+//! Scanning arbitrary bytes as a ledger file never panics, never reads out of
+//! bounds, and always makes progress when resynchronising.
+#![no_main]
+
+use aether_core::record::{Frames, next_valid_frame};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut frames = Frames::new(data, 0);
+    let mut last = 0usize;
+    while let Some(r) = frames.next() {
+        match r {
+            Ok(f) => {
+                assert!(f.offset >= last && f.offset + 8 + f.payload.len() <= data.len());
+                last = f.offset;
+            }
+            Err(e) => match next_valid_frame(data, e.offset()) {
+                Some(p) => {
+                    assert!(p > e.offset());
+                    frames.resume_at(p);
+                }
+                None => break,
+            },
+        }
+    }
+});
