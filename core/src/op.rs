@@ -78,7 +78,7 @@ impl<'a> OpRef<'a> {
     /// decoder accepts for this message (unknown fields are skipped, the last
     /// occurrence of a field wins) and validates like [`Op::decode`].
     pub fn decode(mut buf: &'a [u8]) -> Result<OpRef<'a>, DecodeError> {
-        let mut space: &[u8] = &[];
+        let mut space = "";
         let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
         let (mut tombstone, mut stamp, mut origin) = (false, Stamp::default(), 0u64);
         while !buf.is_empty() {
@@ -88,7 +88,11 @@ impl<'a> OpRef<'a> {
                 return Err(DecodeError::Malformed("invalid field number"));
             }
             match (field, wire) {
-                (1, 2) => space = take_len_delimited(&mut buf)?,
+                // Like prost, every occurrence of a string field must be UTF-8, not just the last.
+                (1, 2) => {
+                    space = std::str::from_utf8(take_len_delimited(&mut buf)?)
+                        .map_err(|_| DecodeError::Malformed("space is not UTF-8"))?
+                }
                 (2, 2) => key = take_len_delimited(&mut buf)?,
                 (3, 2) => value = take_len_delimited(&mut buf)?,
                 (4, 0) => tombstone = decode_varint(&mut buf)? != 0,
@@ -100,7 +104,6 @@ impl<'a> OpRef<'a> {
                 (_, wire) => skip_field(field, wire, &mut buf, 0)?,
             }
         }
-        let space = std::str::from_utf8(space).map_err(|_| DecodeError::Malformed("space is not UTF-8"))?;
         if std::str::from_utf8(key).is_err() {
             return Err(DecodeError::KeyNotUtf8);
         }
@@ -324,6 +327,15 @@ mod tests {
                 (o, v) => prop_assert!(false, "decoders disagree: prost {:?} vs view {:?}", o, v),
             }
         }
+    }
+
+    /// Found by the fuzzer: a repeated string field with an invalid first occurrence.
+    #[test]
+    fn every_occurrence_of_space_must_be_utf8() {
+        let mut buf = vec![0x0a, 0x01, 0xff]; // space = [0xff]
+        buf.extend_from_slice(&[0x0a, 0x01, b'a']); // space = "a"
+        assert!(Op::decode(Bytes::from(buf.clone())).is_err());
+        assert!(OpRef::decode(&buf).is_err());
     }
 
     #[test]
