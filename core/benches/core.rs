@@ -70,9 +70,9 @@ fn codec(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut file = file_header(WAL_MAGIC, 1).to_vec();
+    let mut file = file_header(WAL_MAGIC, 1, 7).to_vec();
     for _ in 0..OPS {
-        put_frame_with(&mut file, |o| op.encode(o));
+        put_frame_with(&mut file, 7, |o| op.encode(o));
     }
     let mut g = c.benchmark_group("records");
     g.throughput(Throughput::Elements(OPS as u64));
@@ -81,13 +81,13 @@ fn codec(c: &mut Criterion) {
         b.iter(|| {
             out.clear();
             for _ in 0..OPS {
-                put_frame_with(&mut out, |o| op.encode(o));
+                put_frame_with(&mut out, 7, |o| op.encode(o));
             }
         })
     });
     g.bench_function("scan + decode 10k records", |b| {
         b.iter(|| {
-            Frames::new(&file, FILE_HEADER)
+            Frames::new(&file, FILE_HEADER, 7)
                 .map(|f| OpRef::decode(f.unwrap().payload).unwrap().stamp.counter)
                 .sum::<u32>()
         })

@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     wake: Condvar,
     durable: watch::Sender<Durable>,
     max_pending_bytes: usize,
+    /// Checksum salt of every segment this process writes (random per boot).
+    salt: u32,
 }
 
 /// Handle to the WAL. Cheap to share behind an `Arc`.
@@ -177,54 +179,76 @@ impl Wal {
             // Leftovers of a clean-up interrupted after a snapshot covered them.
             fs::remove_file(&path).map_err(io_ctx(format!("removing covered {}", path.display())))?;
         }
-        let mut removed = 0;
+        let mut kept = 0;
         for (i, (seq, path)) in live.iter().enumerate() {
             let last = i + 1 == live.len();
-            let outcome = replayer.replay_segment(path, last, cfg.on_corrupt)?;
+            last_seq = last_seq.max(*seq);
+            let outcome = match replayer.replay_segment(path, last, cfg.on_corrupt) {
+                Ok(outcome) => outcome,
+                // An unreadable header: nothing in the file can be trusted or replayed.
+                Err(segment::ReplayError::Corrupt { offset: 0, reason, .. }) if cfg.on_corrupt == OnCorrupt::Skip => {
+                    let dest = quarantine(&cfg.dir, path, &segment_name(*seq))?;
+                    fs::remove_file(path).map_err(io_ctx(format!("removing {}", path.display())))?;
+                    tracing::error!(segment = %path.display(), %reason, copy = %dest.display(),
+                        "skipped a WAL segment with a damaged header; it is kept in quarantine");
+                    rec.skipped += 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             rec.segments += 1;
+            if outcome.torn_tail {
+                rec.truncated = Some((*seq, outcome.valid_len));
+                // Keep the torn bytes as evidence before cutting them off.
+                let tail = fs::read(path).map_err(io_ctx(format!("reading {}", path.display())))?;
+                if let Some(torn) = tail.get(outcome.valid_len as usize..).filter(|t| !t.is_empty()) {
+                    let name = format!("{}.tail-at-{}", segment_name(*seq), outcome.valid_len);
+                    let q = cfg.dir.join("quarantine");
+                    fs::create_dir_all(&q).map_err(io_ctx("creating quarantine/"))?;
+                    fs::write(q.join(&name), torn).map_err(io_ctx(format!("writing quarantine/{name}")))?;
+                }
+                let f = OpenOptions::new().write(true).open(path).map_err(io_ctx("opening torn segment"))?;
+                f.set_len(outcome.valid_len).map_err(io_ctx("truncating torn segment"))?;
+                tracing::warn!(segment = %path.display(), offset = outcome.valid_len, "truncated torn WAL tail");
+            }
             if !outcome.skipped.is_empty() {
                 rec.skipped += outcome.skipped.len();
-                let q = cfg.dir.join("quarantine");
-                fs::create_dir_all(&q).map_err(io_ctx("creating quarantine/"))?;
-                let dest = q.join(segment_name(*seq));
-                fs::copy(path, &dest).map_err(io_ctx(format!("copying {} to quarantine", path.display())))?;
+                let dest = quarantine(&cfg.dir, path, &segment_name(*seq))?;
+                // (Offsets are the original file's, so this comes after the truncation.)
+                // Rewrite it without the damaged records, so that nothing later (snapshots,
+                // the next boot) needs --wal-skip-corrupt again.
+                segment::rewrite_without_damage(path, last).map_err(io_ctx(format!("rewriting {}", path.display())))?;
                 tracing::warn!(segment = %path.display(), copy = %dest.display(), offsets = ?outcome.skipped,
                     "skipped corrupt WAL records; the original segment is kept in quarantine");
             }
             if outcome.valid_len <= FILE_HEADER as u64 && outcome.skipped.is_empty() {
                 // Nothing in it (e.g. a restart without writes): not worth keeping.
                 fs::remove_file(path).map_err(io_ctx(format!("removing empty {}", path.display())))?;
-                last_seq = last_seq.max(*seq);
-                removed += 1;
                 continue;
             }
-            if outcome.torn_tail {
-                rec.truncated = Some((*seq, outcome.valid_len));
-                {
-                    let f = OpenOptions::new().write(true).open(path).map_err(io_ctx("opening torn segment"))?;
-                    f.set_len(outcome.valid_len).map_err(io_ctx("truncating torn segment"))?;
-                    f.sync_all().map_err(io_ctx("syncing truncated segment"))?;
-                    uncovered_bytes += outcome.valid_len;
-                }
-                tracing::warn!(segment = %path.display(), offset = outcome.valid_len, "truncated torn WAL tail");
-            } else {
-                uncovered_bytes += outcome.valid_len;
-            }
-            last_seq = last_seq.max(*seq);
+            // What was replayed (and may already have been shown to clients) must be on disk
+            // before anything is acknowledged on top of it: the last run may have died between
+            // write(2) and fdatasync.
+            File::open(path).and_then(|f| f.sync_all()).map_err(io_ctx(format!("syncing {}", path.display())))?;
+            uncovered_bytes += outcome.valid_len;
+            kept += 1;
         }
+        sync_dir(&wal_dir).map_err(io_ctx("syncing wal/"))?;
         let state = replayer.finish();
         rec.ops = state.ops;
         rec.bytes = state.bytes;
 
         let seq = last_seq + 1;
-        let file = create_segment(&wal_dir, seq).map_err(io_ctx("creating a WAL segment"))?;
-        metrics.wal_segments.set((live.len() - removed) as i64 + 1);
+        let salt = rand::random::<u32>();
+        let file = create_segment(&wal_dir, seq, salt).map_err(io_ctx("creating a WAL segment"))?;
+        metrics.wal_segments.set(kept + 1);
         let (durable, _) = watch::channel(Durable::default());
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending { buf: Vec::with_capacity(1 << 20), records: 0, last_lsn: 0, closed: false }),
             wake: Condvar::new(),
             durable,
             max_pending_bytes: cfg.max_pending_bytes,
+            salt,
         });
         let (sealed_tx, sealed_rx) = std::sync::mpsc::channel();
         let snapshotter = writer::spawn_snapshotter(cfg.clone(), covered, uncovered_bytes, sealed_rx, metrics.clone())
@@ -247,7 +271,7 @@ impl Wal {
             return Err(AppendError::Overloaded);
         }
         let was_empty = p.buf.is_empty();
-        put_frame_with(&mut p.buf, |o| op.encode(o));
+        put_frame_with(&mut p.buf, self.shared.salt, |o| op.encode(o));
         p.records += 1;
         p.last_lsn += 1;
         let lsn = p.last_lsn;
@@ -285,10 +309,20 @@ impl Drop for Wal {
     }
 }
 
-fn create_segment(wal_dir: &Path, seq: u64) -> io::Result<File> {
+/// Copies `path` to `quarantine/name`; returns the copy's path.
+fn quarantine(dir: &Path, path: &Path, name: &str) -> Result<PathBuf, OpenError> {
+    let q = dir.join("quarantine");
+    fs::create_dir_all(&q).map_err(io_ctx("creating quarantine/"))?;
+    let dest = q.join(name);
+    fs::copy(path, &dest).map_err(io_ctx(format!("copying {} to quarantine", path.display())))?;
+    File::open(&dest).and_then(|f| f.sync_all()).map_err(io_ctx(format!("syncing {}", dest.display())))?;
+    Ok(dest)
+}
+
+fn create_segment(wal_dir: &Path, seq: u64, salt: u32) -> io::Result<File> {
     let path = wal_dir.join(segment_name(seq));
     let mut f = OpenOptions::new().create_new(true).append(true).open(&path)?;
-    f.write_all(&file_header(WAL_MAGIC, seq))?;
+    f.write_all(&file_header(WAL_MAGIC, seq, salt))?;
     f.sync_all()?;
     sync_dir(wal_dir)?;
     Ok(f)

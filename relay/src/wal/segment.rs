@@ -6,7 +6,9 @@ use std::hash::BuildHasher;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use aether_core::record::{FILE_HEADER, FrameError, Frames, WAL_MAGIC, next_valid_frame, parse_file_header};
+use aether_core::record::{
+    FILE_HEADER, FrameError, Frames, WAL_MAGIC, file_header, next_valid_frame, parse_file_header, put_frame_with,
+};
 use aether_core::space::MapHasher;
 use aether_core::{OpRef, Space, Stamp};
 
@@ -219,6 +221,26 @@ impl Default for Replayer {
     }
 }
 
+/// Rewrites segment `path` keeping only its intact records (re-framed with a
+/// fresh salt), atomically: a temporary file, fsynced, renamed over it.
+pub fn rewrite_without_damage(path: &Path, last: bool) -> io::Result<()> {
+    let buf = fs::read(path)?;
+    let seq = parse_file_header(WAL_MAGIC, &buf).map(|h| h.seq).unwrap_or_default();
+    let salt = rand::random::<u32>();
+    let mut out = file_header(WAL_MAGIC, seq, salt).to_vec();
+    let mut keep = |_: &str, op: &OpRef<'_>| put_frame_with(&mut out, salt, |o| op.encode(o));
+    scan_segment(&buf, path, last, OnCorrupt::Skip, false, &mut keep).map_err(io::Error::other)?;
+    let tmp = path.with_extension("seg.tmp");
+    let mut f = fs::File::create(&tmp)?;
+    std::io::Write::write_all(&mut f, &out)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn scan_segment(
     buf: &[u8],
     path: &Path,
@@ -228,16 +250,20 @@ fn scan_segment(
     apply: &mut Apply<'_>,
 ) -> Result<SegmentReplay, ReplayError> {
     let corrupt = |offset: usize, reason: String| ReplayError::Corrupt { path: path.to_owned(), offset, reason };
-    match parse_file_header(WAL_MAGIC, buf) {
-        Ok(_) => {}
-        // A segment whose header never reached the disk holds nothing.
+    let salt = match parse_file_header(WAL_MAGIC, buf) {
+        Ok(h) => h.salt,
+        // A segment whose header never reached the disk holds nothing (a crash while it
+        // was being created can leave it short or zero-filled).
+        Err(_) if last && buf.iter().take(FILE_HEADER).all(|&b| b == 0) => {
+            return Ok(SegmentReplay { valid_len: 0, torn_tail: true, skipped: vec![] });
+        }
         Err(FrameError::Truncated { .. }) if last => {
             return Ok(SegmentReplay { valid_len: 0, torn_tail: true, skipped: vec![] });
         }
         Err(e) => return Err(corrupt(0, e.to_string())),
-    }
+    };
     let mut skipped = Vec::new();
-    let mut frames = Frames::new(buf, FILE_HEADER);
+    let mut frames = Frames::new(buf, FILE_HEADER, salt);
     while let Some(frame) = frames.next() {
         let (offset, reason, next) = match frame {
             Ok(f) => match OpRef::decode(f.payload) {
@@ -250,7 +276,7 @@ fn scan_segment(
                 Err(e) => (f.offset, e.to_string(), Some(frames.position())),
             },
             Err(e) => {
-                let next = next_valid_frame(buf, e.offset());
+                let next = next_valid_frame(buf, e.offset(), salt);
                 if next.is_none() && last {
                     return Ok(SegmentReplay { valid_len: e.offset() as u64, torn_tail: true, skipped });
                 }

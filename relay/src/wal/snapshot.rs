@@ -91,8 +91,8 @@ pub fn load(dir: &Path, replayer: &mut Replayer) -> Result<Manifest, SnapshotErr
 
 fn scan_snapshot(buf: &[u8], path: &Path, apply: &mut Apply<'_>) -> Result<(), SnapshotError> {
     let corrupt = |offset, reason: String| SnapshotError::Corrupt { path: path.to_owned(), offset, reason };
-    parse_file_header(SNAPSHOT_MAGIC, buf).map_err(|e| corrupt(0, e.to_string()))?;
-    let mut frames = Frames::new(buf, FILE_HEADER);
+    let salt = parse_file_header(SNAPSHOT_MAGIC, buf).map_err(|e| corrupt(0, e.to_string()))?.salt;
+    let mut frames = Frames::new(buf, FILE_HEADER, salt);
     let header = match frames.next() {
         Some(Ok(f)) => SnapshotHeader::decode(f.payload).map_err(|e| corrupt(f.offset, e.to_string()))?,
         Some(Err(e)) => return Err(corrupt(e.offset(), e.to_string())),
@@ -128,13 +128,14 @@ pub fn write(root: &Path, covers_segment: u64, state: &State) -> io::Result<Path
     for (i, name) in names.into_iter().enumerate() {
         let space = &state.spaces[name];
         buf.clear();
-        buf.extend_from_slice(&file_header(SNAPSHOT_MAGIC, covers_segment));
+        let salt = rand::random::<u32>();
+        buf.extend_from_slice(&file_header(SNAPSHOT_MAGIC, covers_segment, salt));
         let header = SnapshotHeader { space: name.clone(), ops: space.len() as u64 };
-        put_frame_with(&mut buf, |o| header.encode(o).expect("Vec grows"));
+        put_frame_with(&mut buf, salt, |o| header.encode(o).expect("Vec grows"));
         for (key, entry) in space.iter() {
             // The space name lives in the header; ops carry it empty.
             let op = OpRef { space: "", key, value: entry.value.as_deref(), stamp: entry.stamp, origin: 0 };
-            put_frame_with(&mut buf, |o| op.encode(o));
+            put_frame_with(&mut buf, salt, |o| op.encode(o));
         }
         entries += space.len() as u64;
         let file_name = format!("space-{i:08}.snap");

@@ -7,7 +7,7 @@ use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use super::segment::{Replayer, list_segments};
+use super::segment::{OnCorrupt, Replayer, list_segments};
 use super::{Shared, WalConfig, create_segment, publish_failed, snapshot};
 use crate::metrics::Metrics;
 
@@ -71,7 +71,7 @@ fn write_loop(
             return Ok(());
         }
         if size >= cfg.segment_bytes {
-            let next = create_segment(&wal_dir, seq + 1)?;
+            let next = create_segment(&wal_dir, seq + 1, shared.salt)?;
             let _ = sealed.send(Sealed { seq, bytes: size });
             metrics.wal_segments.inc();
             file = next;
@@ -124,7 +124,9 @@ fn take_snapshot(cfg: &WalConfig, covered: u64, upto: u64, metrics: &Metrics) ->
     }
     let segments = list_segments(&wal_dir).map_err(|e| e.to_string())?;
     for (seq, path) in segments.iter().filter(|(s, _)| *s > covered && *s <= upto) {
-        replayer.replay_segment(path, false, cfg.on_corrupt).map_err(|e| format!("segment {seq}: {e}"))?;
+        // Never skip here: the segments are deleted afterwards. Boot already rewrote any
+        // segment whose damaged records the operator chose to skip.
+        replayer.replay_segment(path, false, OnCorrupt::Fail).map_err(|e| format!("segment {seq}: {e}"))?;
     }
     let state = replayer.finish();
     snapshot::write(&snap_root, upto, &state).map_err(|e| e.to_string())?;
