@@ -53,10 +53,10 @@ pub struct RelayArgs {
     #[arg(long, env = "AETHER_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Shared secret clients must present (`?auth_token=` or a first `auth` frame). Unset: no auth.
-    #[arg(long, env = "AETHER_AUTH_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "AETHER_AUTH_TOKEN", hide_env_values = true, value_parser = parse_token)]
     pub auth_token: Option<String>,
     /// How long a client may take to send its `auth` frame.
-    #[arg(long, env = "AETHER_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "AETHER_AUTH_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
     pub auth_timeout: Duration,
     /// TLS certificate chain (PEM). With `--tls-key`, serves `wss://` and `https://`.
     #[arg(long, env = "AETHER_TLS_CERT", requires = "tls_key")]
@@ -135,11 +135,29 @@ pub struct LimitArgs {
     #[arg(long = "trusted-proxy", env = "AETHER_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
     /// Interval of keep-alive pings to each client.
-    #[arg(long, env = "AETHER_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "AETHER_PING_INTERVAL", default_value = "20s", value_parser = parse_positive_duration)]
     pub ping_interval: Duration,
     /// A client that sends nothing (not even a pong) for this long is disconnected.
-    #[arg(long, env = "AETHER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "AETHER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub idle_timeout: Duration,
+}
+
+/// A duration that must be more than zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
+
+/// An auth token: an empty one (e.g. an unset template variable) is refused
+/// rather than turning auth into a formality.
+pub fn parse_token(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("the auth token is empty; leave --auth-token unset to run without auth".into());
+    }
+    Ok(s.to_owned())
 }
 
 /// Parses `250ms`, `5s`, `2m`, `1h` or a bare number of seconds.
@@ -175,6 +193,9 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("-1s").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        assert!(Cli::try_parse_from(["aether-relay", "dev", "--ping-interval", "0"]).is_err());
+        assert!(Cli::try_parse_from(["aether-relay", "dev", "--auth-token", ""]).is_err());
     }
 
     #[test]

@@ -118,14 +118,23 @@ impl Relay {
     /// Subscribes `sub` to space `name` (created empty on first use) and
     /// returns the hub with the state to start from.
     pub fn join(&self, name: &str, sub: Subscriber) -> (Arc<SpaceHub>, Joined) {
-        // Joining under the registry lock (read) keeps `leave` from dropping
-        // the hub between the lookup and the subscription.
-        {
-            let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(hub) = spaces.get(name) {
-                let joined = hub.join(sub);
-                return (hub.clone(), joined);
+        loop {
+            let hub = self.hub(name);
+            // Copying the space happens outside the registry lock. `leave` may have
+            // dropped this hub from the registry meanwhile (it was empty and unused):
+            // then this subscription is undone and the join retried on the new hub.
+            let joined = hub.join(sub.clone());
+            let current = self.spaces.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+            if current.is_some_and(|c| Arc::ptr_eq(&c, &hub)) {
+                return (hub, joined);
             }
+            hub.lock().subscribers.retain(|s| s.conn != sub.conn);
+        }
+    }
+
+    fn hub(&self, name: &str) -> Arc<SpaceHub> {
+        if let Some(hub) = self.spaces.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return hub.clone();
         }
         let mut spaces = self.spaces.write().unwrap_or_else(|e| e.into_inner());
         let hub = spaces
@@ -133,8 +142,7 @@ impl Relay {
             .or_insert_with(|| Arc::new(SpaceHub::new(Arc::from(name), Space::new())))
             .clone();
         self.metrics.spaces.set(spaces.len() as i64);
-        let joined = hub.join(sub);
-        (hub, joined)
+        hub
     }
 
     /// Unsubscribes connection `conn` from `hub` and announces it left

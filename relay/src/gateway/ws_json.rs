@@ -1,7 +1,7 @@
 //! One browser connection at `/ws`: admission (caps, auth), hello and
 //! snapshot, then a loop that reads client messages and writes queued events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,6 +29,8 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// Server going away (shutdown, idle timeout).
     pub const GOING_AWAY: u16 = 1001;
+    /// A text frame that is not UTF-8 (RFC 6455).
+    pub const INVALID_DATA: u16 = 1007;
     /// Auth failed, or rate limit exceeded.
     pub const POLICY: u16 = 1008;
     /// Frame or message too large.
@@ -47,6 +49,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// much before every read, so its 128 KiB default costs more than the read
 /// itself for small messages (measured: 22% of relay CPU under fan-out).
 const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// The backlog (ops waiting behind the greeting or a held echo) may hold this
+/// many times `--limit-send-queue` items before the client counts as slow.
+const BACKLOG_FACTOR: usize = 8;
 /// Snapshots with more entries than this are encoded on the blocking pool.
 const BLOCKING_SNAPSHOT_ENTRIES: usize = 4096;
 
@@ -135,9 +140,12 @@ impl Connection {
 
     /// Checks the token (query or first frame) before any state is sent.
     async fn authenticate(&mut self, query_token: Option<String>) -> Result<(), End> {
-        let Some(expected) = self.ctx.auth_token.clone() else { return Ok(()) };
+        let Some(expected) = self.ctx.auth_token.as_ref() else { return Ok(()) };
+        let expected = token_digest(expected);
         let check = |given: &str| -> Result<(), End> {
-            if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            // Comparing fixed-size digests in constant time reveals neither the
+            // token's bytes nor its length.
+            if bool::from(token_digest(given).as_ref().ct_eq(expected.as_ref())) {
                 Ok(())
             } else {
                 Err(Some((close::POLICY, "auth failed")))
@@ -193,19 +201,43 @@ impl Connection {
         } else {
             encode_snapshot(&joined.snapshot)
         };
-        let greeting = async {
-            self.sink.feed(Message::Text(json_wire::encode_hello(&id, &color))).await?;
-            self.sink.feed(Message::Text(snapshot)).await?;
-            for p in joined.presence {
-                self.sink.feed(Message::Text(p)).await?;
-            }
-            self.sink.flush().await
-        };
-        if greeting.await.is_err() {
-            return None;
-        }
-
         let limits = self.ctx.limits.clone();
+        // Ops queued while the greeting is written, or behind an echo that waits for the
+        // disk, move here: they wait for us, not for the client, so they do not count
+        // against the send queue (up to this bound).
+        let backlog_cap = limits.limit_send_queue.saturating_mul(BACKLOG_FACTOR);
+        let mut backlog: VecDeque<Outbound> = VecDeque::new();
+        {
+            let sink = &mut self.sink;
+            let greeting = async {
+                sink.feed(Message::Text(json_wire::encode_hello(&id, &color))).await?;
+                sink.feed(Message::Text(snapshot)).await?;
+                for p in joined.presence {
+                    sink.feed(Message::Text(p)).await?;
+                }
+                sink.flush().await
+            };
+            tokio::pin!(greeting);
+            let deadline = tokio::time::sleep(limits.idle_timeout);
+            tokio::pin!(deadline);
+            loop {
+                tokio::select! {
+                    r = &mut greeting => match r {
+                        Ok(()) => break,
+                        Err(_) => return None,
+                    },
+                    item = rx.recv() => {
+                        let Some(item) = item else { return None };
+                        backlog.push_back(item);
+                        if backlog.len() > backlog_cap {
+                            return Some((close::TRY_AGAIN_LATER, "slow consumer"));
+                        }
+                    }
+                    // The client does not take the greeting: drop it (a close frame would not get through).
+                    _ = &mut deadline => return None,
+                }
+            }
+        }
         let wire = self.wire_limits();
         let mut bucket = TokenBucket::new(limits.limit_msgs_per_sec, limits.limit_burst, Instant::now());
         let mut ping = tokio::time::interval(limits.ping_interval);
@@ -223,21 +255,21 @@ impl Connection {
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return Some((close::GOING_AWAY, "relay shutting down")),
                 // Writing: the head of the queue, unless it is an echo still waiting for the
                 // disk. Reading goes on meanwhile, so a client can pipeline its writes.
-                item = next_outbound(&mut held, &mut rx, &mut durable) => {
+                item = next_outbound(&mut held, &mut backlog, backlog_cap, &mut rx, &mut durable) => {
                     let item = match item {
                         Ok(Some(item)) => item,
                         Ok(None) => return None,
-                        Err(WriteFailure::Storage) => return Some((close::INTERNAL, "storage failure")),
-                        Err(WriteFailure::Socket) => return None,
+                        Err(failure) => return failure.end(),
                     };
                     let written = tokio::select! {
-                        r = write_batch(&mut self.sink, item, &mut rx, &durable, &metrics) => r,
+                        r = write_batch(&mut self.sink, item, &mut backlog, &mut rx, &durable, &metrics) => r,
                         _ = kill.wait() => return Some((close::TRY_AGAIN_LATER, "slow consumer")),
+                        // A client that takes nothing for this long is gone; a close frame would not get through.
+                        _ = tokio::time::sleep(limits.idle_timeout) => return None,
                     };
                     match written {
                         Ok(waiting) => held = waiting,
-                        Err(WriteFailure::Socket) => return None,
-                        Err(WriteFailure::Storage) => return Some((close::INTERNAL, "storage failure")),
+                        Err(failure) => return failure.end(),
                     }
                 }
                 msg = self.stream.next() => {
@@ -262,7 +294,7 @@ impl Connection {
                         Some(text) => self.handle(&text, &wire, &mut scratch, &hub, &sub, &id, &color, now),
                     };
                     if let Some(reply) = reply
-                        && self.sink.send(Message::Text(reply)).await.is_err()
+                        && !matches!(tokio::time::timeout(limits.idle_timeout, self.sink.send(Message::Text(reply))).await, Ok(Ok(())))
                     {
                         return None;
                     }
@@ -271,7 +303,8 @@ impl Connection {
                     if last_heard.elapsed() > limits.idle_timeout {
                         return Some((close::GOING_AWAY, "idle timeout"));
                     }
-                    if self.sink.send(Message::Ping(Default::default())).await.is_err() {
+                    let ping = self.sink.send(Message::Ping(Default::default()));
+                    if !matches!(tokio::time::timeout(limits.idle_timeout, ping).await, Ok(Ok(()))) {
                         return None;
                     }
                 }
@@ -331,6 +364,10 @@ impl Connection {
     }
 }
 
+fn token_digest(token: &str) -> ring::digest::Digest {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+}
+
 fn encode_snapshot(entries: &[(aether_core::Key, bytes::Bytes)]) -> Utf8Bytes {
     let size: usize = entries.iter().map(|(k, v)| k.len() + v.len() + 4).sum();
     json_wire::encode_snapshot(entries.iter().map(|(k, v)| (&k[..], &v[..])), size)
@@ -340,7 +377,7 @@ fn read_error(e: axum::Error) -> End {
     let inner = e.into_inner();
     match inner.downcast_ref::<tungstenite::Error>() {
         Some(tungstenite::Error::Capacity(_)) => Some((close::TOO_BIG, "frame too large")),
-        Some(tungstenite::Error::Utf8(_)) => Some((close::POLICY, "invalid UTF-8")),
+        Some(tungstenite::Error::Utf8(_)) => Some((close::INVALID_DATA, "invalid UTF-8")),
         Some(tungstenite::Error::Protocol(_)) => Some((close::POLICY, "protocol error")),
         _ => None,
     }
@@ -349,33 +386,61 @@ fn read_error(e: axum::Error) -> End {
 enum WriteFailure {
     Socket,
     Storage,
+    SlowConsumer,
 }
 
-/// The next item to write: the held echo once its WAL record is durable, or
-/// the next queued item. `Ok(None)` when the queue is closed.
+impl WriteFailure {
+    fn end(self) -> End {
+        match self {
+            WriteFailure::Socket => None,
+            WriteFailure::Storage => Some((close::INTERNAL, "storage failure")),
+            WriteFailure::SlowConsumer => Some((close::TRY_AGAIN_LATER, "slow consumer")),
+        }
+    }
+}
+
+/// The next item to write: the held echo once its WAL record is durable, then
+/// the backlog, then the queue. While an echo is held, newly queued items move
+/// to the backlog (in order) so the bounded queue does not fill up while we
+/// wait for the disk. `Ok(None)` when the queue is closed.
 async fn next_outbound(
     held: &mut Option<Outbound>,
+    backlog: &mut VecDeque<Outbound>,
+    backlog_cap: usize,
     rx: &mut mpsc::Receiver<Outbound>,
     durable: &mut watch::Receiver<Durable>,
 ) -> Result<Option<Outbound>, WriteFailure> {
     if let Some(Outbound::Ack { lsn, .. }) = held {
         let lsn = *lsn;
-        let ok = durable.wait_for(|d| d.lsn >= lsn || d.failed).await.is_ok_and(|d| !d.failed);
-        if !ok {
-            return Err(WriteFailure::Storage);
+        loop {
+            tokio::select! {
+                ok = async { durable.wait_for(|d| d.lsn >= lsn || d.failed).await.is_ok_and(|d| !d.failed) } => {
+                    return if ok { Ok(held.take()) } else { Err(WriteFailure::Storage) };
+                }
+                item = rx.recv() => {
+                    let Some(item) = item else { return Ok(None) };
+                    backlog.push_back(item);
+                    if backlog.len() > backlog_cap {
+                        return Err(WriteFailure::SlowConsumer);
+                    }
+                }
+            }
         }
-        return Ok(held.take());
+    }
+    if let Some(item) = backlog.pop_front() {
+        return Ok(Some(item));
     }
     Ok(rx.recv().await)
 }
 
-/// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`]) with one
-/// flush. Stops at an echo whose WAL record is not durable yet and returns it
-/// to be held: what was fed before it is flushed, so the disk never delays
-/// other clients' ops, and the order of the queue is kept.
+/// Writes `first` and whatever else is waiting (backlog, then queue; up to
+/// [`WRITE_BATCH`]) with one flush. Stops at an echo whose WAL record is not
+/// durable yet and returns it to be held: what was fed before it is flushed,
+/// so the disk never delays other clients' ops, and the order is kept.
 async fn write_batch(
     sink: &mut Sink,
     first: Outbound,
+    backlog: &mut VecDeque<Outbound>,
     rx: &mut mpsc::Receiver<Outbound>,
     durable: &watch::Receiver<Durable>,
     metrics: &crate::metrics::Metrics,
@@ -403,7 +468,7 @@ async fn write_batch(
         sink.feed(Message::Text(text)).await.map_err(|_| WriteFailure::Socket)?;
         written += 1;
         if written < WRITE_BATCH {
-            next = rx.try_recv().ok();
+            next = backlog.pop_front().or_else(|| rx.try_recv().ok());
             if next.is_none() && !yielded {
                 // Let the producers run once before paying for a send(2): under
                 // fan-out load this turns one syscall per message into one per
