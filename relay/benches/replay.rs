@@ -15,6 +15,7 @@ fn replay(c: &mut Criterion) {
         snapshot_after_bytes: u64::MAX,
         max_pending_bytes: usize::MAX,
         on_corrupt: OnCorrupt::Fail,
+        before_sync: None,
     };
     let value = [b'v'; 64];
     {

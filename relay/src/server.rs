@@ -38,6 +38,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         snapshot_after_bytes: args.storage.snapshot_after_bytes,
         max_pending_bytes: args.storage.wal_max_pending_bytes,
         on_corrupt: if args.storage.wal_skip_corrupt { OnCorrupt::Skip } else { OnCorrupt::Fail },
+        before_sync: None,
     };
     let m = metrics.clone();
     let (wal, state, recovery, actor) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {

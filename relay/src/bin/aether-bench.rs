@@ -294,6 +294,7 @@ fn replay(ops: u64, keys: u64, value_bytes: usize) -> anyhow::Result<()> {
         snapshot_after_bytes: u64::MAX,
         max_pending_bytes: usize::MAX,
         on_corrupt: OnCorrupt::Fail,
+        before_sync: None,
     };
     let metrics = Metrics::new();
     let value = vec![b'v'; value_bytes];

@@ -37,7 +37,7 @@ use segment::{list_segments, segment_name};
 use snapshot::sync_dir;
 
 /// WAL settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WalConfig {
     /// The data directory.
     pub dir: PathBuf,
@@ -49,7 +49,13 @@ pub struct WalConfig {
     pub max_pending_bytes: usize,
     /// What to do with corrupt records found while recovering.
     pub on_corrupt: OnCorrupt,
+    /// Fault injection for tests: called by the writer before each fdatasync;
+    /// an error is treated as the sync failing.
+    pub before_sync: Option<SyncHook>,
 }
+
+/// See [`WalConfig::before_sync`].
+pub type SyncHook = Arc<dyn Fn() -> io::Result<()> + Send + Sync>;
 
 /// The durable watermark published by the writer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -364,6 +370,7 @@ mod tests {
             snapshot_after_bytes: u64::MAX,
             max_pending_bytes: usize::MAX,
             on_corrupt: OnCorrupt::Fail,
+            before_sync: None,
         }
     }
 
@@ -441,6 +448,60 @@ mod tests {
             assert!(!d.failed);
         });
         wal.close();
+        assert_eq!(wal.append(op), Err(AppendError::Unavailable));
+    }
+
+    /// The durable watermark moves only after the sync returns.
+    #[test]
+    fn durable_is_published_only_after_fdatasync_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let release_rx = Mutex::new(release_rx);
+        let mut c = cfg(dir.path());
+        c.before_sync = Some(Arc::new(move || {
+            let _ = entered_tx.send(());
+            let _ = release_rx.lock().unwrap().recv();
+            Ok(())
+        }));
+        let (wal, _, _) = Wal::open(&c, &Metrics::new()).unwrap();
+        let durable = wal.durable();
+        let op = OpRef { space: "s", key: b"k", value: Some(b"1"), stamp: Stamp::default(), origin: 0 };
+        let lsn = wal.append(op).unwrap();
+        entered_rx.recv().unwrap();
+        // The writer is inside the sync: the record is written but not yet durable.
+        assert_eq!(durable.borrow().lsn, 0);
+        release_tx.send(()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut d = durable.clone();
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(20), d.wait_for(|d| d.lsn >= lsn))
+                .await
+                .unwrap()
+                .unwrap();
+        });
+        drop(release_tx);
+        wal.close();
+    }
+
+    /// A failed fdatasync poisons the WAL: nothing more becomes durable or is accepted.
+    #[test]
+    fn a_failed_sync_poisons_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.before_sync = Some(Arc::new(|| Err(io::Error::other("injected EIO"))));
+        let (wal, _, _) = Wal::open(&c, &Metrics::new()).unwrap();
+        let mut durable = wal.durable();
+        let op = OpRef { space: "s", key: b"k", value: Some(b"1"), stamp: Stamp::default(), origin: 0 };
+        wal.append(op).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let d = rt.block_on(async {
+            *tokio::time::timeout(std::time::Duration::from_secs(20), durable.wait_for(|d| d.failed))
+                .await
+                .unwrap()
+                .unwrap()
+        });
+        assert_eq!(d, Durable { lsn: 0, failed: true });
         assert_eq!(wal.append(op), Err(AppendError::Unavailable));
     }
 

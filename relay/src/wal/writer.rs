@@ -56,6 +56,9 @@ fn write_loop(
         };
         if !batch.is_empty() {
             file.write_all(&batch)?;
+            if let Some(hook) = &cfg.before_sync {
+                hook()?;
+            }
             let t = Instant::now();
             file.sync_data()?;
             metrics.wal_fsync.observe(t.elapsed().as_secs_f64());
