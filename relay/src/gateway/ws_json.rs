@@ -227,7 +227,7 @@ impl Connection {
                         Err(_) => return None,
                     },
                     item = rx.recv() => {
-                        let Some(item) = item else { return None };
+                        let item = item?;
                         backlog.push_back(item);
                         if backlog.len() > backlog_cap {
                             return Some((close::TRY_AGAIN_LATER, "slow consumer"));
