@@ -72,6 +72,9 @@ enum Cmd {
         keys: u64,
         #[arg(long, default_value_t = 64)]
         value_bytes: usize,
+        /// Replay the same data this many times (each is reported).
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
     },
     /// Baseline: latency of one small append + fdatasync in a temp dir.
     Fsync {
@@ -286,7 +289,7 @@ async fn durable(
     Ok(())
 }
 
-fn replay(ops: u64, keys: u64, value_bytes: usize) -> anyhow::Result<()> {
+fn replay(ops: u64, keys: u64, value_bytes: usize, repeat: usize) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("aether-replay-").tempdir()?;
     let cfg = WalConfig {
         dir: dir.path().to_owned(),
@@ -312,16 +315,20 @@ fn replay(ops: u64, keys: u64, value_bytes: usize) -> anyhow::Result<()> {
         .flat_map(|e| e.map(|e| e.metadata().map(|m| m.len())))
         .flatten()
         .sum();
-    let start = Instant::now();
-    let (_wal, state, rec) = Wal::open(&cfg, &metrics)?;
-    let secs = start.elapsed().as_secs_f64();
-    let live: usize = state.spaces.values().map(|s| s.live_len()).sum();
-    anyhow::ensure!(rec.ops == ops && live as u64 == keys.min(ops), "replayed {} ops, {live} keys", rec.ops);
-    println!(
-        "replay: {ops} ops ({:.0} MiB, {keys} keys) in {secs:.3}s = {:.2}M ops/s",
-        bytes as f64 / (1 << 20) as f64,
-        ops as f64 / secs / 1e6
-    );
+    for _ in 0..repeat.max(1) {
+        let start = Instant::now();
+        let (wal, state, rec) = Wal::open(&cfg, &metrics)?;
+        let secs = start.elapsed().as_secs_f64();
+        let live: usize = state.spaces.values().map(|s| s.live_len()).sum();
+        anyhow::ensure!(rec.ops == ops && live as u64 == keys.min(ops), "replayed {} ops, {live} keys", rec.ops);
+        println!(
+            "replay: {ops} ops ({:.0} MiB, {keys} keys) in {secs:.3}s = {:.2}M ops/s",
+            bytes as f64 / (1 << 20) as f64,
+            ops as f64 / secs / 1e6
+        );
+        drop(state);
+        wal.close();
+    }
     Ok(())
 }
 
@@ -378,7 +385,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.cmd {
-        Cmd::Replay { ops, keys, value_bytes } => return replay(ops, keys, value_bytes),
+        Cmd::Replay { ops, keys, value_bytes, repeat } => return replay(ops, keys, value_bytes, repeat),
         Cmd::Fsync { ops } => return fsync(ops),
         Cmd::EchoBaseline { ops } => return rt.block_on(echo_baseline(ops)),
         _ => {}
