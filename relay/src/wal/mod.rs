@@ -11,9 +11,9 @@
 //! ```text
 //! LOCK                 held (flock) while a relay uses the directory
 //! node-id              this node's HLC actor id
-//! wal/<seq>.seg        segments: 16-byte header, then frames
+//! wal/<seq>.seg        segments: 24-byte header, then frames
 //! snapshots/<seq>/     snapshot covering segments <= seq: MANIFEST + one file per space
-//! quarantine/          copies of segments that had corrupt records skipped
+//! quarantine/          damaged segments and torn tails, kept as evidence
 //! ```
 
 pub mod segment;
