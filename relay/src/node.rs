@@ -154,6 +154,10 @@ impl Relay {
             return;
         }
         let mut spaces = self.spaces.write().unwrap_or_else(|e| e.into_inner());
+        // Only this hub: the name may meanwhile belong to a newer hub with subscribers.
+        if !spaces.get(hub.name()).is_some_and(|h| Arc::ptr_eq(h, hub)) {
+            return;
+        }
         let inner = hub.lock();
         if inner.subscribers.is_empty() && inner.space.is_empty() {
             drop(inner);

@@ -195,12 +195,6 @@ impl Connection {
         let (hub, joined) = relay.join(space, sub.clone());
         let _leave = Leave { relay: relay.clone(), hub: hub.clone(), conn: sub.conn, id: id.clone() };
 
-        let snapshot = if joined.snapshot.len() > BLOCKING_SNAPSHOT_ENTRIES {
-            let entries = joined.snapshot;
-            tokio::task::spawn_blocking(move || encode_snapshot(&entries)).await.ok()?
-        } else {
-            encode_snapshot(&joined.snapshot)
-        };
         let limits = self.ctx.limits.clone();
         // Ops queued while the greeting is written, or behind an echo that waits for the
         // disk, move here: they wait for us, not for the client, so they do not count
@@ -210,6 +204,14 @@ impl Connection {
         {
             let sink = &mut self.sink;
             let greeting = async {
+                // Large snapshots are encoded on the blocking pool; meanwhile (and while the
+                // greeting is written) the loop below keeps draining the queue.
+                let snapshot = if joined.snapshot.len() > BLOCKING_SNAPSHOT_ENTRIES {
+                    let entries = joined.snapshot;
+                    tokio::task::spawn_blocking(move || encode_snapshot(&entries)).await.map_err(axum::Error::new)?
+                } else {
+                    encode_snapshot(&joined.snapshot)
+                };
                 sink.feed(Message::Text(json_wire::encode_hello(&id, &color))).await?;
                 sink.feed(Message::Text(snapshot)).await?;
                 for p in joined.presence {
@@ -233,6 +235,7 @@ impl Connection {
                             return Some((close::TRY_AGAIN_LATER, "slow consumer"));
                         }
                     }
+                    _ = kill.wait() => return Some((close::TRY_AGAIN_LATER, "slow consumer")),
                     // The client does not take the greeting: drop it (a close frame would not get through).
                     _ = &mut deadline => return None,
                 }
@@ -250,6 +253,11 @@ impl Connection {
         let metrics = relay.metrics().clone();
         let mut held: Option<Outbound> = None;
         loop {
+            // Once the queue overflowed (an op was dropped for this client), write nothing
+            // more: the client must not see a gap, only the close.
+            if kill.is_triggered() {
+                return Some((close::TRY_AGAIN_LATER, "slow consumer"));
+            }
             tokio::select! {
                 _ = kill.wait() => return Some((close::TRY_AGAIN_LATER, "slow consumer")),
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return Some((close::GOING_AWAY, "relay shutting down")),

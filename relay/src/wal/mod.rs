@@ -162,6 +162,13 @@ impl Wal {
         if lock.try_lock().is_err() {
             return Err(OpenError::Locked(cfg.dir.clone()));
         }
+        // Leftovers of a crash inside `rewrite_without_damage`.
+        for entry in fs::read_dir(&wal_dir).map_err(io_ctx("listing wal/"))? {
+            let path = entry.map_err(io_ctx("listing wal/"))?.path();
+            if path.extension().is_some_and(|e| e == "tmp") {
+                fs::remove_file(&path).map_err(io_ctx(format!("removing {}", path.display())))?;
+            }
+        }
         for entry in fs::read_dir(&snap_dir).map_err(io_ctx("listing snapshots"))? {
             let path = entry.map_err(io_ctx("listing snapshots"))?.path();
             if path.extension().is_some_and(|e| e == "tmp") {
@@ -209,9 +216,7 @@ impl Wal {
                 let tail = fs::read(path).map_err(io_ctx(format!("reading {}", path.display())))?;
                 if let Some(torn) = tail.get(outcome.valid_len as usize..).filter(|t| !t.is_empty()) {
                     let name = format!("{}.tail-at-{}", segment_name(*seq), outcome.valid_len);
-                    let q = cfg.dir.join("quarantine");
-                    fs::create_dir_all(&q).map_err(io_ctx("creating quarantine/"))?;
-                    fs::write(q.join(&name), torn).map_err(io_ctx(format!("writing quarantine/{name}")))?;
+                    quarantine_bytes(&cfg.dir, &name, torn)?;
                 }
                 let f = OpenOptions::new().write(true).open(path).map_err(io_ctx("opening torn segment"))?;
                 f.set_len(outcome.valid_len).map_err(io_ctx("truncating torn segment"))?;
@@ -219,8 +224,8 @@ impl Wal {
             }
             if !outcome.skipped.is_empty() {
                 rec.skipped += outcome.skipped.len();
+                // The copy is taken after a torn tail was cut (the tail is kept on its own).
                 let dest = quarantine(&cfg.dir, path, &segment_name(*seq))?;
-                // (Offsets are the original file's, so this comes after the truncation.)
                 // Rewrite it without the damaged records, so that nothing later (snapshots,
                 // the next boot) needs --wal-skip-corrupt again.
                 segment::rewrite_without_damage(path, last).map_err(io_ctx(format!("rewriting {}", path.display())))?;
@@ -315,13 +320,20 @@ impl Drop for Wal {
     }
 }
 
-/// Copies `path` to `quarantine/name`; returns the copy's path.
+/// Copies `path` to `quarantine/name`, durably (file and directories synced)
+/// before the caller changes or removes the original; returns the copy's path.
 fn quarantine(dir: &Path, path: &Path, name: &str) -> Result<PathBuf, OpenError> {
+    let bytes = fs::read(path).map_err(io_ctx(format!("reading {}", path.display())))?;
+    quarantine_bytes(dir, name, &bytes)
+}
+
+fn quarantine_bytes(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, OpenError> {
     let q = dir.join("quarantine");
     fs::create_dir_all(&q).map_err(io_ctx("creating quarantine/"))?;
     let dest = q.join(name);
-    fs::copy(path, &dest).map_err(io_ctx(format!("copying {} to quarantine", path.display())))?;
-    File::open(&dest).and_then(|f| f.sync_all()).map_err(io_ctx(format!("syncing {}", dest.display())))?;
+    let mut f = File::create(&dest).map_err(io_ctx(format!("creating {}", dest.display())))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_ctx(format!("writing {}", dest.display())))?;
+    sync_dir(&q).and_then(|_| sync_dir(dir)).map_err(io_ctx("syncing quarantine/"))?;
     Ok(dest)
 }
 

@@ -254,7 +254,9 @@ fn scan_segment(
         Ok(h) => h.salt,
         // A segment whose header never reached the disk holds nothing (a crash while it
         // was being created can leave it short or zero-filled).
-        Err(_) if last && buf.iter().take(FILE_HEADER).all(|&b| b == 0) => {
+        // (Only when nothing but zeros follows: the header is synced before any frame is
+        // appended, so a zero header in front of data is damage, not a crash.)
+        Err(_) if last && buf.iter().all(|&b| b == 0) => {
             return Ok(SegmentReplay { valid_len: 0, torn_tail: true, skipped: vec![] });
         }
         Err(FrameError::Truncated { .. }) if last => {
