@@ -151,10 +151,12 @@ async fn auth_by_query_or_first_frame_and_failures_close_1008_before_any_state()
     // Missing token: the deadline closes it; a token after that is too late.
     let mut silent = Client::connect(&relay.ws_url("")).await;
     assert_eq!(silent.next_event().await, Event::Close(1008, "auth timeout".into()));
+    // A token sent once the deadline has passed (the relay's close is on its way) is
+    // not accepted: nothing but the close arrives.
     let mut late = Client::connect(&relay.ws_url("")).await;
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let _ = late.ws.send(Message::text(json!({"type":"auth","token":"s3cret"}).to_string())).await;
     assert_eq!(late.next_event().await, Event::Close(1008, "auth timeout".into()));
+    let _ = late.ws.send(Message::text(json!({"type":"auth","token":"s3cret"}).to_string())).await;
+    assert!(matches!(late.next_event().await, Event::Gone | Event::Close(..)), "the late token opened nothing");
 
     // Nothing the rejected clients sent was applied.
     let (_, _, snap) = Client::join(&relay.ws_url("auth_token=s3cret")).await;
@@ -195,10 +197,41 @@ async fn passive_listener_is_kept_alive_by_pings() {
 async fn client_that_never_answers_pings_is_closed_as_idle() {
     let dir = tempdir();
     let relay = Relay::start(dir.path(), &["--ping-interval", "50ms", "--idle-timeout", "200ms"]);
-    let (mut c, _, _) = Client::join(&relay.ws_url("")).await;
-    // Do not read (so no pongs) for a while, then look at what arrived.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(c.recv_close().await, (1001, "idle timeout".into()));
+    // A raw socket: it completes the handshake, then only reads bytes, so it never
+    // answers a ping (a WebSocket library would).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Read until the relay hangs up.
+    let mut all = Vec::new();
+    tokio::time::timeout(common::DEADLINE, tcp.read_to_end(&mut all)).await.expect("relay never hung up").unwrap();
+    let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP response") + 4;
+    assert!(all.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&all[..head_end]));
+    // Server frames are unmasked and small here: [FIN|opcode, len, payload...].
+    let (mut pos, mut pings, mut close) = (head_end, 0, None);
+    while pos + 2 <= all.len() {
+        let (opcode, len) = (all[pos] & 0x0f, all[pos + 1] as usize);
+        assert!(len < 126, "unexpectedly large frame");
+        let payload = &all[pos + 2..pos + 2 + len];
+        match opcode {
+            0x9 => pings += 1,
+            0x8 => {
+                close = Some((
+                    u16::from_be_bytes([payload[0], payload[1]]),
+                    String::from_utf8_lossy(&payload[2..]).into_owned(),
+                ))
+            }
+            _ => {}
+        }
+        pos += 2 + len;
+    }
+    assert!(pings >= 1, "the relay pinged before giving up");
+    assert_eq!(close, Some((1001, "idle timeout".to_string())));
 }
 
 #[tokio::test]

@@ -47,7 +47,7 @@ impl Relay {
         let stderr = child.stderr.take().expect("piped stderr");
         // Forward stderr to the test's stderr (visible on failure) and keep it for errors.
         let (err_tx, err_rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[relay] {line}");
                 let _ = err_tx.send(line);
@@ -66,8 +66,9 @@ impl Relay {
             return Err("no listening line in time".into());
         };
         let Some(line) = line else {
+            // The relay exited: its stderr reaches EOF, so the reader thread ends.
             let _ = child.wait();
-            std::thread::sleep(Duration::from_millis(50));
+            let _ = stderr_reader.join();
             return Err(err_rx.try_iter().collect::<Vec<_>>().join("\n"));
         };
         let url = line.rsplit(' ').next().unwrap_or_default();
