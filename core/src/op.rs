@@ -170,7 +170,15 @@ impl<'a> OpRef<'a> {
     }
 }
 
+#[inline]
 fn decode_varint(buf: &mut &[u8]) -> Result<u64, DecodeError> {
+    // Tags and short lengths are one byte: the common case takes no loop.
+    if let Some((&b, rest)) = buf.split_first()
+        && b < 0x80
+    {
+        *buf = rest;
+        return Ok(u64::from(b));
+    }
     let mut value = 0u64;
     for i in 0..10 {
         let Some((&b, rest)) = buf.split_first() else {
@@ -223,12 +231,14 @@ fn skip_field(field: u64, wire: u64, buf: &mut &[u8], depth: u32) -> Result<(), 
     }
 }
 
+#[inline]
 fn take_fixed64(buf: &mut &[u8]) -> Result<u64, DecodeError> {
     let (head, rest) = buf.split_first_chunk::<8>().ok_or(DecodeError::Malformed("truncated fixed64"))?;
     *buf = rest;
     Ok(u64::from_le_bytes(*head))
 }
 
+#[inline]
 fn take_len_delimited<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
     let len = decode_varint(buf)?;
     if len > buf.len() as u64 {
