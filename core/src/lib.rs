@@ -1,6 +1,7 @@
 //! Aethermesh core: the sans-IO heart shared by relays, clients and the ledger
 //! sidecar. Hybrid Logical Clock stamps ([`hlc`]), last-writer-wins spaces
-//! ([`space`]), the op codec ([`op`]) and ledger record framing ([`record`]).
+//! ([`space`]), the op codec ([`op`]), ledger record framing ([`record`]) and
+//! shard placement ([`placement`]).
 //!
 //! Architecture invariant: nothing here does I/O, reads a clock or spawns a
 //! task. Time comes in as arguments; bytes come in as slices.
@@ -10,6 +11,7 @@
 pub mod hlc;
 pub mod key;
 pub mod op;
+pub mod placement;
 pub mod record;
 pub mod space;
 
