@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ipnet::IpNet;
 
@@ -82,7 +83,7 @@ pub struct StorageArgs {
     #[arg(long, env = "AETHER_ACK", value_enum, default_value_t = AckMode::Durable)]
     pub ack: AckMode,
     /// A WAL segment is sealed and a new one started past this size.
-    #[arg(long, env = "AETHER_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024)]
+    #[arg(long, env = "AETHER_WAL_SEGMENT_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(4096..))]
     pub wal_segment_bytes: u64,
     /// Write a snapshot once this many bytes of sealed segments are not yet covered by one.
     #[arg(long, env = "AETHER_SNAPSHOT_AFTER_BYTES", default_value_t = 256 * 1024 * 1024)]
@@ -102,13 +103,13 @@ pub struct StorageArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LimitArgs {
     /// Sustained messages per second per connection (token bucket rate); above: close 1008.
-    #[arg(long, env = "AETHER_LIMIT_MSGS_PER_SEC", default_value_t = 100.0)]
+    #[arg(long, env = "AETHER_LIMIT_MSGS_PER_SEC", default_value_t = 100.0, value_parser = parse_rate)]
     pub limit_msgs_per_sec: f64,
     /// Burst of messages per connection (token bucket size).
     #[arg(long, env = "AETHER_LIMIT_BURST", default_value_t = 200)]
     pub limit_burst: u32,
     /// Largest WebSocket frame or message accepted; above: close 1009.
-    #[arg(long, env = "AETHER_LIMIT_FRAME_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "AETHER_LIMIT_FRAME_BYTES", default_value_t = 256 * 1024, value_parser = clap::value_parser!(u32).range(1024..).map(|v| v as usize))]
     pub limit_frame_bytes: usize,
     /// Largest JSON message applied; above: an `error` reply, the op is not applied.
     #[arg(long, env = "AETHER_LIMIT_MESSAGE_BYTES", default_value_t = 64 * 1024)]
@@ -129,7 +130,7 @@ pub struct LimitArgs {
     #[arg(long, env = "AETHER_LIMIT_CONNS_PER_IP", default_value_t = 32)]
     pub limit_conns_per_ip: usize,
     /// Messages queued for one client before it is dropped as a slow consumer (close 1013).
-    #[arg(long, env = "AETHER_LIMIT_SEND_QUEUE", default_value_t = 1024)]
+    #[arg(long, env = "AETHER_LIMIT_SEND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..).map(|v| v as usize))]
     pub limit_send_queue: usize,
     /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` header is believed. Repeat or comma-separate.
     #[arg(long = "trusted-proxy", env = "AETHER_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -140,6 +141,14 @@ pub struct LimitArgs {
     /// A client that sends nothing (not even a pong) for this long is disconnected.
     #[arg(long, env = "AETHER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_positive_duration)]
     pub idle_timeout: Duration,
+}
+
+/// A rate (per second) that must be a positive, finite number.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!("{s:?} is not a positive number")),
+    }
 }
 
 /// A duration that must be more than zero.
@@ -196,6 +205,16 @@ mod tests {
         assert!(parse_positive_duration("0s").is_err());
         assert!(Cli::try_parse_from(["aether-relay", "dev", "--ping-interval", "0"]).is_err());
         assert!(Cli::try_parse_from(["aether-relay", "dev", "--auth-token", ""]).is_err());
+        for bad in [
+            ["--wal-segment-bytes", "10"],
+            ["--limit-msgs-per-sec", "-1"],
+            ["--limit-msgs-per-sec", "NaN"],
+            ["--limit-send-queue", "0"],
+            ["--limit-frame-bytes", "12"],
+        ] {
+            assert!(Cli::try_parse_from(["aether-relay", "dev", bad[0], bad[1]]).is_err(), "{bad:?} accepted");
+        }
+        assert!(Cli::try_parse_from(["aether-relay", "dev", "--limit-msgs-per-sec", "1e9"]).is_ok());
     }
 
     #[test]
