@@ -324,12 +324,21 @@ async fn clean_shutdown_on_sigterm_keeps_everything() {
     let dir = tempdir();
     let mut relay = Relay::start(dir.path(), FAST);
     write_keys(&relay, "term", 10).await;
+    // `null` is a value (docs/protocol.md): it must survive a restart as one.
+    let (mut c, _, _) = Client::join(&relay.ws_url("space=nulls")).await;
+    c.send(json!({"type":"set","key":"n","value":null})).await;
+    c.send(json!({"type":"set","key":"gone","value":1})).await;
+    c.send(json!({"type":"delete","key":"gone"})).await;
+    for _ in 0..3 {
+        c.recv().await;
+    }
     let (mut listener, _, _) = Client::join(&relay.ws_url("space=term")).await;
     let status = relay.terminate();
     assert!(status.success(), "exit status {status}");
     assert_eq!(listener.recv_close().await, (1001, "relay shutting down".into()));
     let relay = Relay::start(dir.path(), FAST);
     assert_eq!(keys_of(&relay, "term").await.as_object().unwrap().len(), 10);
+    assert_eq!(keys_of(&relay, "nulls").await, json!({"n": null}));
 }
 
 #[tokio::test]
