@@ -176,7 +176,11 @@ async fn roundtrip(addr: SocketAddr, ops: usize, value_bytes: usize) -> anyhow::
     let mut b = join(addr, "rt").await?;
     let v = value(value_bytes);
     let (mut deliver, mut ack) = (Vec::with_capacity(ops), Vec::with_capacity(ops));
+    let mut before = None;
     for i in 0..ops + 1000 {
+        if i == 1000 {
+            before = Some(server_ack_sums(addr).await?);
+        }
         let msg = format!(r#"{{"type":"set","key":"k{}","value":{v}}}"#, i % 100);
         let t0 = Instant::now();
         a.send(Message::text(msg)).await?;
@@ -191,7 +195,45 @@ async fn roundtrip(addr: SocketAddr, ops: usize, value_bytes: usize) -> anyhow::
     }
     report("roundtrip A→relay→B", deliver);
     report("writer echo (ack)  ", ack);
+    // The server's own view of the same ops: receive → echo vs one fdatasync.
+    let after = server_ack_sums(addr).await?;
+    if let Some(b) = before {
+        let n = (after.ack_count - b.ack_count).max(1.0);
+        let ack_mean = (after.ack_sum - b.ack_sum) / n * 1e6;
+        let syncs = (after.fsync_count - b.fsync_count).max(1.0);
+        let fsync_mean = (after.fsync_sum - b.fsync_sum) / syncs * 1e6;
+        println!(
+            "server side: receive→echo mean {ack_mean:.1}µs, fdatasync mean {fsync_mean:.1}µs, overhead {:.1}µs",
+            ack_mean - fsync_mean
+        );
+    }
     Ok(())
+}
+
+/// Sums and counts of the relay's ack-latency and fsync histograms.
+#[derive(Clone, Copy, Default)]
+struct AckSums {
+    ack_sum: f64,
+    ack_count: f64,
+    fsync_sum: f64,
+    fsync_count: f64,
+}
+
+async fn server_ack_sums(addr: SocketAddr) -> anyhow::Result<AckSums> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    let value = |name: &str| -> f64 {
+        body.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+    };
+    Ok(AckSums {
+        ack_sum: value("aether_op_latency_seconds_sum{ack=\"durable\"} "),
+        ack_count: value("aether_op_latency_seconds_count{ack=\"durable\"} "),
+        fsync_sum: value("aether_wal_fsync_seconds_sum "),
+        fsync_count: value("aether_wal_fsync_seconds_count "),
+    })
 }
 
 async fn fanout(addr: SocketAddr, subscribers: usize, ops: usize, window: usize) -> anyhow::Result<()> {
