@@ -1,0 +1,51 @@
+// Two headless Chromium tabs on the dev relay's page sync a counter, a note
+// and cursors through /ws, and a reload gets the state back from the relay.
+// Usage: node dev_page.mjs http://127.0.0.1:PORT
+import { chromium } from "playwright-core";
+
+const base = process.argv[2];
+if (!base) {
+  console.error("usage: node dev_page.mjs BASE_URL");
+  process.exit(2);
+}
+const page_url = `${base}/?space=browser-smoke-${Date.now()}`;
+const timeout = 15_000;
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+  args: [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+  ],
+});
+try {
+  const context = await browser.newContext();
+  const open = async () => {
+    const page = await context.newPage();
+    page.on("pageerror", (e) => { throw e; });
+    await page.goto(page_url);
+    await page.waitForFunction(() => document.getElementById("status").textContent.startsWith("connected"), null, { timeout });
+    return page;
+  };
+  const a = await open();
+  const b = await open();
+
+  await a.click("#inc");
+  await a.click("#inc");
+  await b.waitForFunction(() => document.getElementById("count").textContent === "2", null, { timeout });
+
+  await a.fill("#note", "hello from tab A <b>not bold</b>");
+  await b.waitForFunction(() => document.getElementById("note").value === "hello from tab A <b>not bold</b>", null, { timeout });
+
+  await a.mouse.move(140, 160);
+  await a.mouse.move(150, 170);
+  await b.waitForSelector(".cursor", { timeout });
+
+  // A reload starts from the relay's snapshot.
+  await b.reload();
+  await b.waitForFunction(() => document.getElementById("count").textContent === "2", null, { timeout });
+  await b.waitForFunction(() => document.getElementById("note").value.startsWith("hello from tab A"), null, { timeout });
+  console.log("browser smoke OK:", page_url);
+} finally {
+  await browser.close();
+}
