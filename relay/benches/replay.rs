@@ -9,14 +9,8 @@ const OPS: u64 = 200_000;
 
 fn replay(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = WalConfig {
-        dir: dir.path().to_owned(),
-        segment_bytes: 1 << 30,
-        snapshot_after_bytes: u64::MAX,
-        max_pending_bytes: usize::MAX,
-        on_corrupt: OnCorrupt::Fail,
-        before_sync: None,
-    };
+    // One segment holds all the ops.
+    let cfg = WalConfig { segment_bytes: 1 << 30, ..WalConfig::unbounded(dir.path()) };
     let value = [b'v'; 64];
     {
         let (wal, _, _) = Wal::open(&cfg, &Metrics::new()).expect("open");

@@ -106,7 +106,7 @@ impl Relay {
 
     /// True while the relay accepts work.
     pub fn is_ready(&self) -> bool {
-        !self.shutting_down.load(Ordering::Acquire) && !self.wal.durable().borrow().failed
+        !self.shutting_down.load(Ordering::Acquire) && !self.wal.is_failed()
     }
 
     /// Stops accepting work and flushes the WAL.

@@ -90,8 +90,17 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
     // Bounds sockets of every kind (WebSocket caps are enforced after the upgrade).
     let sockets = Arc::new(Semaphore::new(args.limits.limit_conns.saturating_mul(2).saturating_add(64)));
     let mut durable = relay.durable();
+    // Created once: a signal handler registered anew on every accept could miss
+    // a signal delivered in between.
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
     let failure = loop {
-        let permit = sockets.clone().acquire_owned().await.expect("semaphore is never closed");
+        // At the socket cap, wait for a place, still listening for shutdown.
+        let permit = tokio::select! {
+            permit = sockets.clone().acquire_owned() => permit.expect("semaphore is never closed"),
+            _ = &mut shutdown => break false,
+            _ = durable.wait_for(|d| d.failed) => break true,
+        };
         tokio::select! {
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
@@ -118,7 +127,7 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
                     }
                 });
             }
-            _ = shutdown_signal() => break false,
+            _ = &mut shutdown => break false,
             _ = durable.wait_for(|d| d.failed) => break true,
         }
     };

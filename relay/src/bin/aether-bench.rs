@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aether_core::OpRef;
 use aether_relay::metrics::Metrics;
-use aether_relay::wal::{OnCorrupt, Wal, WalConfig};
+use aether_relay::wal::{Wal, WalConfig};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -333,14 +333,7 @@ async fn durable(
 
 fn replay(ops: u64, keys: u64, value_bytes: usize, repeat: usize) -> anyhow::Result<()> {
     let dir = tempfile::Builder::new().prefix("aether-replay-").tempdir()?;
-    let cfg = WalConfig {
-        dir: dir.path().to_owned(),
-        segment_bytes: 64 << 20,
-        snapshot_after_bytes: u64::MAX,
-        max_pending_bytes: usize::MAX,
-        on_corrupt: OnCorrupt::Fail,
-        before_sync: None,
-    };
+    let cfg = WalConfig::unbounded(dir.path());
     let metrics = Metrics::new();
     let value = vec![b'v'; value_bytes];
     {

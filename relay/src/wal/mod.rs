@@ -23,6 +23,7 @@ mod writer;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -52,6 +53,21 @@ pub struct WalConfig {
     /// Fault injection for tests: called by the writer before each fdatasync;
     /// an error is treated as the sync failing.
     pub before_sync: Option<SyncHook>,
+}
+
+impl WalConfig {
+    /// A WAL for tools, benches and tests: 64 MiB segments, no snapshots, no
+    /// overload limit, corruption refused. The relay builds its own from flags.
+    pub fn unbounded(dir: &Path) -> Self {
+        WalConfig {
+            dir: dir.to_owned(),
+            segment_bytes: 64 << 20,
+            snapshot_after_bytes: u64::MAX,
+            max_pending_bytes: usize::MAX,
+            on_corrupt: OnCorrupt::Fail,
+            before_sync: None,
+        }
+    }
 }
 
 /// See [`WalConfig::before_sync`].
@@ -134,6 +150,8 @@ pub(crate) struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     durable: watch::Sender<Durable>,
+    /// Mirrors `durable.failed` for the append path (no lock to read it).
+    failed: AtomicBool,
     max_pending_bytes: usize,
     /// Checksum salt of every segment this process writes (random per boot).
     salt: u32,
@@ -258,6 +276,7 @@ impl Wal {
             pending: Mutex::new(Pending { buf: Vec::with_capacity(1 << 20), records: 0, last_lsn: 0, closed: false }),
             wake: Condvar::new(),
             durable,
+            failed: AtomicBool::new(false),
             max_pending_bytes: cfg.max_pending_bytes,
             salt,
         });
@@ -275,7 +294,7 @@ impl Wal {
     /// Appends one op; returns its log sequence number. Never blocks on I/O.
     pub fn append(&self, op: OpRef<'_>) -> Result<u64, AppendError> {
         let mut p = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-        if p.closed || self.shared.durable.borrow().failed {
+        if p.closed || self.shared.failed.load(Ordering::Acquire) {
             return Err(AppendError::Unavailable);
         }
         if p.buf.len() >= self.shared.max_pending_bytes {
@@ -291,6 +310,11 @@ impl Wal {
             self.shared.wake.notify_one();
         }
         Ok(lsn)
+    }
+
+    /// True once a write or sync failed: nothing more can become durable.
+    pub fn is_failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Acquire)
     }
 
     /// The durable watermark; `wait_for(|d| d.lsn >= lsn || d.failed)` to await a record.
@@ -367,6 +391,7 @@ pub fn node_id(dir: &Path) -> io::Result<u64> {
 }
 
 pub(crate) fn publish_failed(shared: &Shared) {
+    shared.failed.store(true, Ordering::Release);
     shared.durable.send_modify(|d| d.failed = true);
 }
 
@@ -376,14 +401,8 @@ mod tests {
     use aether_core::Stamp;
 
     fn cfg(dir: &Path) -> WalConfig {
-        WalConfig {
-            dir: dir.to_owned(),
-            segment_bytes: 1 << 30,
-            snapshot_after_bytes: u64::MAX,
-            max_pending_bytes: usize::MAX,
-            on_corrupt: OnCorrupt::Fail,
-            before_sync: None,
-        }
+        // One segment for everything these tests write.
+        WalConfig { segment_bytes: 1 << 30, ..WalConfig::unbounded(dir) }
     }
 
     fn write_ops(dir: &Path, n: u64, keys: u64) {
