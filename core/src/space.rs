@@ -4,8 +4,8 @@
 //! commutative, associative and idempotent: any order, duplication or replay of
 //! the same ops converges to the same state and the same [`Digest`].
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::collections::hash_map::Entry as MapEntry;
 
 use bytes::Bytes;
 use xxhash_rust::xxh3::Xxh3;
@@ -100,60 +100,41 @@ impl Space {
 
     /// Merges one write. `value == None` is a delete. Only a strictly greater
     /// stamp replaces the current entry, so older writes never resurrect a
-    /// deleted key.
+    /// deleted key. Losing ops allocate nothing.
     pub fn merge(&mut self, key: &[u8], value: Option<&[u8]>, stamp: Stamp) -> Merge {
-        // Look up by slice first so losing ops allocate nothing.
-        if let Some(current) = self.entries.get_mut(key) {
+        self.merge_with(key, stamp, value.is_some(), || value.map(Bytes::copy_from_slice))
+    }
+
+    /// Like [`Space::merge`] but takes owned buffers (no copy of the value when the op wins).
+    pub fn merge_owned(&mut self, key: Key, value: Option<Bytes>, stamp: Stamp) -> Merge {
+        let is_set = value.is_some();
+        self.merge_with(key, stamp, is_set, || value)
+    }
+
+    fn merge_with<K>(&mut self, key: K, stamp: Stamp, is_set: bool, value: impl FnOnce() -> Option<Bytes>) -> Merge
+    where
+        K: Borrow<[u8]> + Into<Key>,
+    {
+        if let Some(current) = self.entries.get_mut(key.borrow()) {
             if stamp < current.stamp {
                 return Merge::Superseded;
             }
             if stamp == current.stamp {
                 return Merge::Duplicate;
             }
-            match (current.value.is_some(), value.is_some()) {
+            match (current.value.is_some(), is_set) {
                 (true, false) => self.live -= 1,
                 (false, true) => self.live += 1,
                 _ => {}
             }
-            current.value = value.map(Bytes::copy_from_slice);
-            current.stamp = stamp;
+            *current = Entry { value: value(), stamp };
             return Merge::Applied;
         }
-        if value.is_some() {
+        if is_set {
             self.live += 1;
         }
-        let entry = Entry { value: value.map(Bytes::copy_from_slice), stamp };
-        self.entries.insert(Key::from(key), entry);
+        self.entries.insert(key.into(), Entry { value: value(), stamp });
         Merge::Applied
-    }
-
-    /// Like [`Space::merge`] but takes owned buffers (no copy of the value when the op wins).
-    pub fn merge_owned(&mut self, key: Key, value: Option<Bytes>, stamp: Stamp) -> Merge {
-        match self.entries.entry(key) {
-            MapEntry::Occupied(mut o) => {
-                let current = o.get_mut();
-                if stamp < current.stamp {
-                    return Merge::Superseded;
-                }
-                if stamp == current.stamp {
-                    return Merge::Duplicate;
-                }
-                match (current.value.is_some(), value.is_some()) {
-                    (true, false) => self.live -= 1,
-                    (false, true) => self.live += 1,
-                    _ => {}
-                }
-                *current = Entry { value, stamp };
-                Merge::Applied
-            }
-            MapEntry::Vacant(v) => {
-                if value.is_some() {
-                    self.live += 1;
-                }
-                v.insert(Entry { value, stamp });
-                Merge::Applied
-            }
-        }
     }
 
     /// Merges every entry of `other` into this space (replica merge).
