@@ -1,5 +1,6 @@
-//! Generates the prost types from `proto/` with the vendored `protoc` binary
-//! (crate `protoc-bin-vendored`), so no system protoc is needed.
+//! Generates the prost types and the tonic service from `proto/` with the
+//! vendored `protoc` binary (crate `protoc-bin-vendored`), so no system protoc
+//! is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -9,6 +10,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut config = prost_build::Config::new();
     // `bytes` fields decode as `bytes::Bytes`: zero-copy slices of the input buffer.
     config.bytes(["."]);
-    config.compile_protos(&["proto/aether/v1/ledger.proto"], &["proto"])?;
+    tonic_prost_build::configure().build_transport(false).compile_with_config(
+        config,
+        &["proto/aether/v1/ledger.proto", "proto/aether/v1/mesh.proto"],
+        &["proto"],
+    )?;
     Ok(())
 }

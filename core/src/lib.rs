@@ -1,7 +1,7 @@
 //! Aethermesh core: the sans-IO heart shared by relays, clients and the ledger
 //! sidecar. Hybrid Logical Clock stamps ([`hlc`]), last-writer-wins spaces
 //! ([`space`]), the op codec ([`op`]), ledger record framing ([`record`]) and
-//! shard placement ([`placement`]).
+//! shard placement ([`placement`]) and anti-entropy ([`sync`]).
 //!
 //! Architecture invariant: nothing here does I/O, reads a clock or spawns a
 //! task. Time comes in as arguments; bytes come in as slices.
@@ -14,6 +14,7 @@ pub mod op;
 pub mod placement;
 pub mod record;
 pub mod space;
+pub mod sync;
 
 pub use hlc::{ClockSkewError, Hlc, Stamp};
 pub use key::Key;

@@ -52,6 +52,14 @@ impl Digest {
         out
     }
 
+    /// Parses the canonical 24-byte form; `None` for any other length.
+    pub fn from_bytes(b: &[u8]) -> Option<Digest> {
+        let b: &[u8; 24] = b.try_into().ok()?;
+        let sum = u128::from_le_bytes(b[..16].try_into().ok()?);
+        let entries = u64::from_le_bytes(b[16..].try_into().ok()?);
+        Some(Digest { sum, entries })
+    }
+
     /// Adds one entry's hash; digests of disjoint sets add up.
     pub fn add(&mut self, key: &[u8], entry: &Entry) {
         self.sum = self.sum.wrapping_add(entry_hash(key, entry));
