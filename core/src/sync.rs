@@ -47,7 +47,7 @@ pub fn encode_digests(digests: &[Digest]) -> Vec<u8> {
 
 /// Decodes concatenated 24-byte digests; `None` when the length is not a multiple of 24.
 pub fn decode_digests(bytes: &[u8]) -> Option<Vec<Digest>> {
-    if bytes.len() % 24 != 0 {
+    if !bytes.len().is_multiple_of(24) {
         return None;
     }
     bytes.chunks_exact(24).map(Digest::from_bytes).collect()

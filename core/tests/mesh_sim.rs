@@ -419,7 +419,7 @@ impl Sim {
                 None => Some((0..n).map(|_| self.rng.below(2) as u8).collect()),
             };
         }
-        if self.now % self.p.ae_period == 0 {
+        if self.now.is_multiple_of(self.p.ae_period) {
             for at in 0..n {
                 if self.nodes[at].up {
                     self.anti_entropy(at);

@@ -24,9 +24,112 @@ pub struct Cli {
 
 /// Sub-commands.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup
 pub enum Command {
     /// One relay on its own: local filesystem ledger, no cluster, no object storage.
     Dev(RelayArgs),
+    /// A relay in a mesh: spaces sharded over members and replicated over gRPC.
+    Run(RunArgs),
+}
+
+/// `aether-relay run`: a relay plus its place in the mesh.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Relay settings (as for `dev`).
+    #[command(flatten)]
+    pub relay: RelayArgs,
+    /// Mesh settings.
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+/// Membership, placement and replication settings.
+#[derive(Debug, Clone, Args)]
+pub struct MeshArgs {
+    /// This relay's member name, unique in the mesh and stable across restarts (e.g. the pod name).
+    #[arg(long, env = "AETHER_NAME", value_parser = parse_member_name)]
+    pub name: String,
+    /// Relay-to-relay gRPC listen address.
+    #[arg(long, env = "AETHER_MESH_LISTEN", default_value = "127.0.0.1:7070")]
+    pub mesh_listen: SocketAddr,
+    /// Address other relays use to reach this one (default: --mesh-listen).
+    #[arg(long, env = "AETHER_MESH_ADVERTISE")]
+    pub mesh_advertise: Option<String>,
+    /// A static member `NAME=HOST:PORT` (its mesh address). Repeat or comma-separate.
+    #[arg(long = "peer", env = "AETHER_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<Peer>,
+    /// A file listing members, one `NAME=HOST:PORT` per line (`#` comments); re-read when it changes.
+    #[arg(long, env = "AETHER_MEMBERSHIP_FILE")]
+    pub membership_file: Option<PathBuf>,
+    /// How often the membership file is checked for changes.
+    #[arg(long, env = "AETHER_MEMBERSHIP_POLL", default_value = "2s", value_parser = parse_positive_duration)]
+    pub membership_poll: Duration,
+    /// Virtual shards of the mesh; must be the same on every relay and never change.
+    #[arg(long, env = "AETHER_SHARDS", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub shards: u32,
+    /// Owners of each shard.
+    #[arg(long, env = "AETHER_REPLICATION", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replication: u32,
+    /// Owners that must hold a write durably before it is acknowledged.
+    #[arg(long, env = "AETHER_WRITE_QUORUM", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub write_quorum: u32,
+    /// How long a write waits for its quorum before the writer gets an error (the op stays applied).
+    #[arg(long, env = "AETHER_QUORUM_TIMEOUT", default_value = "5s", value_parser = parse_positive_duration)]
+    pub quorum_timeout: Duration,
+    /// Shared secret relays present to each other (`authorization: Bearer`). Unset: no mesh auth.
+    #[arg(long, env = "AETHER_MESH_TOKEN", hide_env_values = true, value_parser = parse_token)]
+    pub mesh_token: Option<String>,
+    /// Mesh TLS certificate chain (PEM); with --mesh-tls-key and --mesh-tls-ca, relays use mutual TLS.
+    #[arg(long, env = "AETHER_MESH_TLS_CERT", requires_all = ["mesh_tls_key", "mesh_tls_ca"])]
+    pub mesh_tls_cert: Option<PathBuf>,
+    /// Mesh TLS private key (PEM).
+    #[arg(long, env = "AETHER_MESH_TLS_KEY", requires = "mesh_tls_cert")]
+    pub mesh_tls_key: Option<PathBuf>,
+    /// CA (PEM) that signs every relay's mesh certificate.
+    #[arg(long, env = "AETHER_MESH_TLS_CA", requires = "mesh_tls_cert")]
+    pub mesh_tls_ca: Option<PathBuf>,
+    /// Speak plaintext gRPC between relays. Required when no mesh TLS is configured, so it is never an accident.
+    #[arg(long, env = "AETHER_MESH_PLAINTEXT", default_value_t = false, conflicts_with = "mesh_tls_cert")]
+    pub mesh_plaintext: bool,
+    /// Ops queued for one peer; beyond, that peer is left to catch up by anti-entropy (it is never cut off).
+    #[arg(long, env = "AETHER_REPLICATION_QUEUE", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(16..).map(|v| v as usize))]
+    pub replication_queue: usize,
+    /// Most ops in one replication batch or anti-entropy page.
+    #[arg(long, env = "AETHER_REPLICATION_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536).map(|v| v as usize))]
+    pub replication_batch: usize,
+    /// Interval of the periodic anti-entropy pass (it also runs when a peer connects and at boot).
+    #[arg(long, env = "AETHER_ANTI_ENTROPY_INTERVAL", default_value = "30s", value_parser = parse_positive_duration)]
+    pub anti_entropy_interval: Duration,
+}
+
+/// A static mesh member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Member name.
+    pub name: String,
+    /// Mesh address `HOST:PORT`.
+    pub addr: String,
+}
+
+/// A member name: 1–253 characters of `[A-Za-z0-9._-]`.
+pub fn parse_member_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty() && s.len() <= 253 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        return Err(format!("{s:?} is not a member name: use 1-253 of A-Z a-z 0-9 . _ -"));
+    }
+    Ok(s.to_owned())
+}
+
+/// `NAME=HOST:PORT`.
+pub fn parse_peer(s: &str) -> Result<Peer, String> {
+    let (name, addr) = s.trim().split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=HOST:PORT"))?;
+    let name = parse_member_name(name.trim())?;
+    let addr = addr.trim();
+    let port_ok = addr.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !port_ok {
+        return Err(format!("{s:?}: expected NAME=HOST:PORT"));
+    }
+    Ok(Peer { name, addr: addr.to_owned() })
 }
 
 /// Log output format.
@@ -220,10 +323,33 @@ mod tests {
     #[test]
     fn dev_defaults() {
         let cli = Cli::try_parse_from(["aether-relay", "dev"]).unwrap();
-        let Command::Dev(a) = cli.command;
+        let Command::Dev(a) = cli.command else { panic!("dev") };
         assert_eq!(a.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(a.storage.data_dir, PathBuf::from("./aether-data"));
         assert_eq!(a.storage.ack, AckMode::Durable);
         assert_eq!((a.limits.limit_conns, a.limits.limit_conns_per_ip), (256, 32));
+    }
+
+    #[test]
+    fn run_parses_peers_and_refuses_bad_ones() {
+        let cli = Cli::try_parse_from([
+            "aether-relay",
+            "run",
+            "--name",
+            "r1",
+            "--mesh-plaintext",
+            "--peer",
+            "r2=127.0.0.1:7002,r3=[::1]:7003",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else { panic!("run") };
+        assert_eq!(a.mesh.peers[1], Peer { name: "r3".into(), addr: "[::1]:7003".into() });
+        assert_eq!((a.mesh.shards, a.mesh.replication, a.mesh.write_quorum), (256, 3, 1));
+        for bad in [["--peer", "r2"], ["--peer", "r 2=h:1"], ["--peer", "r2=host"], ["--shards", "0"], ["--name", ""]] {
+            let mut argv = vec!["aether-relay", "run", "--name", "r1", "--mesh-plaintext"];
+            argv.extend(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?} accepted");
+        }
+        assert!(Cli::try_parse_from(["aether-relay", "run"]).is_err(), "--name is required");
     }
 }

@@ -47,6 +47,8 @@ pub enum Outbound {
         lsn: u64,
         /// When the relay received it (for the latency histogram).
         received: Instant,
+        /// The write quorum, when it is above 1: the echo also waits for it.
+        quorum: Option<tokio::sync::watch::Receiver<crate::replication::QuorumState>>,
     },
     /// A pre-encoded JSON message (presence, presence-leave).
     Text(Utf8Bytes),

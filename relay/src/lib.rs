@@ -14,6 +14,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod node;
+pub mod replication;
 pub mod server;
 pub mod space;
 pub mod tls;

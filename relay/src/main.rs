@@ -12,8 +12,11 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
     }
+    // One crypto provider for every TLS user in the process (client gateway, tonic).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        Command::Dev(args) => runtime.block_on(aether_relay::server::run(args)),
+        Command::Dev(args) => runtime.block_on(aether_relay::server::run_dev(args)),
+        Command::Run(args) => runtime.block_on(aether_relay::server::run_mesh(args)),
     }
 }

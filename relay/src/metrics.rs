@@ -1,8 +1,8 @@
 //! Prometheus metrics, `aether_` prefix, base units (seconds, bytes).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-    exponential_buckets,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, exponential_buckets,
 };
 
 /// Every metric the relay exports.
@@ -47,6 +47,24 @@ pub struct Metrics {
     pub snapshot_duration: Histogram,
     /// Spaces held in memory.
     pub spaces: IntGauge,
+    /// Ops applied from the mesh, by source (`replicate`, `forwarded`).
+    pub mesh_ops: IntCounterVec,
+    /// Anti-entropy passes and failed sessions, by result.
+    pub anti_entropy: IntCounterVec,
+    /// Ops moved by anti-entropy, by direction (`fetched`, `pushed`).
+    pub anti_entropy_ops: IntCounterVec,
+    /// Shards this relay owns.
+    pub shards_owned: IntGauge,
+    /// Members in the current view, this relay included.
+    pub members: IntGauge,
+    /// Ops not yet durable at a peer, by peer.
+    pub replication_pending: IntGaugeVec,
+    /// Age of the oldest op not yet durable at a peer (replication lag), by peer.
+    pub replication_lag: GaugeVec,
+    /// Ops dropped from a full peer queue (left to anti-entropy), by peer.
+    pub replication_dropped: IntGaugeVec,
+    /// 1 while the replication stream to a peer is open, by peer.
+    pub peer_connected: IntGaugeVec,
 }
 
 fn registered<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -134,6 +152,64 @@ impl Metrics {
                 .unwrap(),
             ),
             spaces: registered(&r, IntGauge::new("aether_spaces", "Spaces held in memory").unwrap()),
+            mesh_ops: registered(
+                &r,
+                IntCounterVec::new(Opts::new("aether_mesh_ops_total", "Ops applied from the mesh"), &["source"])
+                    .unwrap(),
+            ),
+            anti_entropy: registered(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("aether_anti_entropy_total", "Anti-entropy passes and failed sessions"),
+                    &["result"],
+                )
+                .unwrap(),
+            ),
+            anti_entropy_ops: registered(
+                &r,
+                IntCounterVec::new(
+                    Opts::new("aether_anti_entropy_ops_total", "Ops moved by anti-entropy"),
+                    &["direction"],
+                )
+                .unwrap(),
+            ),
+            shards_owned: registered(&r, IntGauge::new("aether_shards_owned", "Shards this relay owns").unwrap()),
+            members: registered(&r, IntGauge::new("aether_mesh_members", "Members in the current view").unwrap()),
+            replication_pending: registered(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("aether_replication_pending_ops", "Ops not yet durable at a peer"),
+                    &["peer"],
+                )
+                .unwrap(),
+            ),
+            replication_lag: registered(
+                &r,
+                GaugeVec::new(
+                    Opts::new("aether_replication_lag_seconds", "Age of the oldest op not yet durable at a peer"),
+                    &["peer"],
+                )
+                .unwrap(),
+            ),
+            replication_dropped: registered(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "aether_replication_dropped_ops",
+                        "Ops dropped from a full peer queue, left to anti-entropy",
+                    ),
+                    &["peer"],
+                )
+                .unwrap(),
+            ),
+            peer_connected: registered(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new("aether_peer_connected", "1 while the replication stream to a peer is open"),
+                    &["peer"],
+                )
+                .unwrap(),
+            ),
             registry: r,
         }
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use aether_core::{Hlc, Key, OpRef, Space};
+use aether_core::{Hlc, Key, Op, OpRef, Space, Stamp};
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -14,6 +14,8 @@ use tokio::sync::watch;
 use crate::config::AckMode;
 use crate::fanout::{OpEvent, Outbound, Subscriber};
 use crate::metrics::Metrics;
+use crate::replication::edge::ForwardError;
+use crate::replication::{Mesh, QuorumState, to_pb};
 use crate::space::{Joined, SpaceHub};
 use crate::wal::{AppendError, Durable, Recovery, State, Wal};
 
@@ -28,6 +30,7 @@ pub struct Relay {
     next_conn: AtomicU64,
     shutting_down: AtomicBool,
     recovery: Recovery,
+    mesh: Option<Arc<Mesh>>,
 }
 
 /// A write was not applied.
@@ -36,6 +39,20 @@ pub enum WriteError {
     /// The WAL refused it.
     #[error(transparent)]
     Wal(#[from] AppendError),
+    /// The space's owner could not take it (edge role).
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+}
+
+/// What a write applied by this relay as an owner must wait for before it is
+/// acknowledged.
+#[derive(Debug)]
+pub struct Applied {
+    /// The WAL record that must be durable (the op's own, or the one of the
+    /// entry that beat it).
+    pub lsn: u64,
+    /// The write quorum, when it is above 1.
+    pub quorum: Option<watch::Receiver<QuorumState>>,
 }
 
 /// Wall-clock time in nanoseconds since the Unix epoch.
@@ -45,6 +62,7 @@ pub fn now_ns() -> u64 {
 
 impl Relay {
     /// A relay over an opened WAL and the state recovered from it.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         actor: u64,
         ack: AckMode,
@@ -53,6 +71,7 @@ impl Relay {
         state: State,
         recovery: Recovery,
         metrics: Metrics,
+        mesh: Option<Arc<Mesh>>,
     ) -> Self {
         let mut hlc = Hlc::new(actor, max_skew_ns);
         // Whatever this node stamped before a restart, new stamps order after it.
@@ -62,7 +81,7 @@ impl Relay {
             .into_iter()
             .map(|(name, space)| {
                 let name: Arc<str> = name.into();
-                (name.clone(), Arc::new(SpaceHub::new(name, space)))
+                (name.clone(), Arc::new(SpaceHub::new(name, space, false)))
             })
             .collect();
         metrics.spaces.set(spaces.len() as i64);
@@ -76,7 +95,13 @@ impl Relay {
             next_conn: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             recovery,
+            mesh,
         }
+    }
+
+    /// The mesh this relay belongs to (`None` in dev mode).
+    pub fn mesh(&self) -> Option<&Arc<Mesh>> {
+        self.mesh.as_ref()
     }
 
     /// This node's actor id (stamped on its ops).
@@ -119,7 +144,7 @@ impl Relay {
     /// returns the hub with the state to start from.
     pub fn join(&self, name: &str, sub: Subscriber) -> (Arc<SpaceHub>, Joined) {
         loop {
-            let hub = self.hub(name);
+            let hub = self.hub(name, true);
             // Copying the space happens outside the registry lock. `leave` may have
             // dropped this hub from the registry meanwhile (it was empty and unused):
             // then this subscription is undone and the join retried on the new hub.
@@ -132,17 +157,41 @@ impl Relay {
         }
     }
 
-    fn hub(&self, name: &str) -> Arc<SpaceHub> {
+    /// The hub of `name`, created on first use. In a mesh, a hub created for a
+    /// client (`for_client`) of a space this relay does not own is an edge
+    /// cache, following one of the owners; otherwise hubs hold logged state.
+    fn hub(&self, name: &str, for_client: bool) -> Arc<SpaceHub> {
         if let Some(hub) = self.spaces.read().unwrap_or_else(|e| e.into_inner()).get(name) {
             return hub.clone();
         }
         let mut spaces = self.spaces.write().unwrap_or_else(|e| e.into_inner());
-        let hub = spaces
-            .entry(Arc::from(name))
-            .or_insert_with(|| Arc::new(SpaceHub::new(Arc::from(name), Space::new())))
-            .clone();
+        if let Some(hub) = spaces.get(name) {
+            return hub.clone();
+        }
+        let view = self.mesh.as_ref().map(|m| m.view());
+        let cache = for_client && view.as_ref().is_some_and(|v| !v.is_owner(v.shard_of(name)));
+        let hub = Arc::new(SpaceHub::new(Arc::from(name), Space::new(), cache));
+        spaces.insert(hub.name().clone(), hub.clone());
         self.metrics.spaces.set(spaces.len() as i64);
+        if cache && let (Some(mesh), Some(view)) = (&self.mesh, &view) {
+            mesh.edges.subscribe(view, hub.clone());
+        }
         hub
+    }
+
+    /// Before a client joins `name`: when this relay serves it as an edge,
+    /// waits (at most `timeout`) until the owner's snapshot has arrived, so
+    /// the client's first snapshot is complete.
+    pub async fn prepare_join(&self, name: &str, timeout: std::time::Duration) {
+        let Some(mesh) = &self.mesh else { return };
+        if !self.hub(name, true).is_cache() {
+            return;
+        }
+        if let Some(mut loaded) = mesh.edges.loaded(name)
+            && tokio::time::timeout(timeout, loaded.wait_for(|l| *l)).await.is_err()
+        {
+            tracing::warn!(space = name, "no owner answered in time; serving the space from what this edge has");
+        }
     }
 
     /// Unsubscribes connection `conn` from `hub` and announces it left
@@ -150,20 +199,42 @@ impl Relay {
     /// subscribers and no entries is forgotten, so clients cannot grow the
     /// registry by visiting names.
     pub fn leave(&self, hub: &Arc<SpaceHub>, conn: u64, leave: Utf8Bytes) {
-        if !hub.leave(conn, leave) {
-            return;
+        if hub.leave(conn, leave) || hub.is_cache() {
+            self.forget_if_unused(hub);
         }
+    }
+
+    /// Unsubscribes a subscriber that has no presence (an edge's
+    /// subscription), forgetting the space if nothing else uses it.
+    pub fn release(&self, hub: &Arc<SpaceHub>, conn: u64) {
+        hub.unsubscribe(conn);
+        self.forget_if_unused(hub);
+    }
+
+    /// Only this hub: the name may meanwhile belong to a newer hub with
+    /// subscribers. An edge cache goes with its last client; logged state
+    /// only when it is empty too.
+    fn forget_if_unused(&self, hub: &Arc<SpaceHub>) {
         let mut spaces = self.spaces.write().unwrap_or_else(|e| e.into_inner());
-        // Only this hub: the name may meanwhile belong to a newer hub with subscribers.
         if !spaces.get(hub.name()).is_some_and(|h| Arc::ptr_eq(h, hub)) {
             return;
         }
         let inner = hub.lock();
-        if inner.subscribers.is_empty() && inner.space.is_empty() {
+        if inner.subscribers.is_empty() && (hub.is_cache() || inner.space.is_empty()) {
             drop(inner);
             spaces.remove(hub.name());
             self.metrics.spaces.set(spaces.len() as i64);
+            if hub.is_cache()
+                && let Some(mesh) = &self.mesh
+            {
+                mesh.edges.unsubscribe(hub.name());
+            }
         }
+    }
+
+    /// The logged hub of `name` (created empty if needed), for a peer or an edge.
+    pub fn owner_hub(&self, name: &str) -> Arc<SpaceHub> {
+        self.hub(name, false)
     }
 
     /// Number of spaces held in memory.
@@ -171,9 +242,16 @@ impl Relay {
         self.spaces.read().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Applies a client's write: stamp, log, merge, fan out. Other subscribers
-    /// get the op at once; `writer` gets its echo as an `Ack` gated on the WAL
-    /// (or at once with `--ack memory`). Nothing is applied if the WAL refuses.
+    fn tick(&self) -> Stamp {
+        self.hlc.lock().unwrap_or_else(|e| e.into_inner()).tick(now_ns())
+    }
+
+    /// Applies a client's write: stamp, log, merge, fan out, replicate. Other
+    /// subscribers get the op at once; `writer` gets its echo as an `Ack`
+    /// gated on the WAL and the write quorum (or at once with `--ack memory`).
+    /// Nothing is applied if the WAL refuses. For a space served as an edge,
+    /// the stamped op goes to its owner instead, and the echo follows the
+    /// owner's acknowledgement.
     pub fn write(
         &self,
         hub: &SpaceHub,
@@ -182,20 +260,36 @@ impl Relay {
         value: Option<&[u8]>,
         received: Instant,
     ) -> Result<(), WriteError> {
+        if hub.is_cache()
+            && let Some(mesh) = &self.mesh
+        {
+            let stamp = self.tick();
+            let value = value.map(Bytes::copy_from_slice);
+            let op = to_pb(hub.name(), key, value.as_ref(), stamp, self.actor);
+            let is_set = value.is_some();
+            let event = Arc::new(OpEvent::new(Key::from(key), value, stamp));
+            mesh.edges.forward(hub.name(), op, stamp, writer, event, received)?;
+            if is_set { &self.metrics.ops_set } else { &self.metrics.ops_delete }.inc();
+            return Ok(());
+        }
         let mut inner = hub.lock();
-        let stamp = self.hlc.lock().unwrap_or_else(|e| e.into_inner()).tick(now_ns());
+        let stamp = self.tick();
         let lsn = self.wal.append(OpRef { space: hub.name(), key, value, stamp, origin: self.actor })?;
         let key = Key::from(key);
         let value = value.map(Bytes::copy_from_slice);
         inner.space.merge_owned(key.clone(), value.clone(), stamp);
         if value.is_some() { &self.metrics.ops_set } else { &self.metrics.ops_delete }.inc();
+        let quorum = self.mesh.as_ref().and_then(|m| {
+            let shard = m.view().shard_of(hub.name());
+            m.replicate(shard, to_pb(hub.name(), &key, value.as_ref(), stamp, self.actor))
+        });
         let event = Arc::new(OpEvent::new(key, value, stamp));
         let fanout_started = Instant::now();
         let mut delivered = 0usize;
         for s in &inner.subscribers {
             if s.conn == writer.conn {
                 let item = match self.ack {
-                    AckMode::Durable => Outbound::Ack { event: event.clone(), lsn, received },
+                    AckMode::Durable => Outbound::Ack { event: event.clone(), lsn, received, quorum: quorum.clone() },
                     AckMode::Memory => {
                         self.metrics.op_latency_memory.observe(received.elapsed().as_secs_f64());
                         Outbound::Op(event.clone())
@@ -210,5 +304,63 @@ impl Relay {
         self.metrics.fanout_latency.observe(fanout_started.elapsed().as_secs_f64());
         self.metrics.fanout_size.observe(delivered as f64);
         Ok(())
+    }
+
+    /// Applies an op that arrived stamped (from a peer, an edge or
+    /// anti-entropy): log it if it wins (or if the hub is an edge cache, whose
+    /// entries are not logged here), merge, fan out. With `replicate`, this
+    /// relay acts as the op's owner and pushes it to the other owners.
+    pub fn apply(&self, op: Op, replicate: bool) -> Result<Applied, WriteError> {
+        let hub = self.hub(&op.space, false);
+        let mut inner = hub.lock();
+        {
+            let mut hlc = self.hlc.lock().unwrap_or_else(|e| e.into_inner());
+            // A stamp from too far in the future is merged but does not drag this clock along.
+            let _ = hlc.observe(op.stamp, now_ns());
+        }
+        let wins = inner.space.get(&op.key).is_none_or(|e| e.stamp < op.stamp);
+        let lsn = if wins || hub.is_cache() { self.wal.append(op.as_ref())? } else { self.wal.last_lsn() };
+        let quorum = if replicate {
+            self.mesh.as_ref().and_then(|m| {
+                let shard = m.view().shard_of(&op.space);
+                m.replicate(shard, to_pb(&op.space, &op.key, op.value.as_ref(), op.stamp, op.origin))
+            })
+        } else {
+            None
+        };
+        if wins {
+            let key = Key::from(op.key);
+            inner.space.merge_owned(key.clone(), op.value.clone(), op.stamp);
+            let event = Arc::new(OpEvent::new(key, op.value, op.stamp));
+            for s in &inner.subscribers {
+                s.offer(Outbound::Op(event.clone()));
+            }
+        }
+        Ok(Applied { lsn, quorum })
+    }
+
+    /// Logged (non-cache) spaces whose shard is `shard`, with their hubs, sorted by name.
+    pub fn spaces_of_shard(&self, shard: u32, shards: u32) -> Vec<Arc<SpaceHub>> {
+        let spaces = self.spaces.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<Arc<SpaceHub>> = spaces
+            .values()
+            .filter(|h| !h.is_cache() && aether_core::placement::shard_of(h.name(), shards) == shard)
+            .cloned()
+            .collect();
+        drop(spaces);
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        out
+    }
+
+    /// The logged hub of `name`, if this relay holds one.
+    pub fn logged_hub(&self, name: &str) -> Option<Arc<SpaceHub>> {
+        self.spaces.read().unwrap_or_else(|e| e.into_inner()).get(name).filter(|h| !h.is_cache()).cloned()
+    }
+
+    /// Every hub, sorted by name.
+    pub fn hubs(&self) -> Vec<Arc<SpaceHub>> {
+        let mut out: Vec<_> = self.spaces.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        out
     }
 }

@@ -15,22 +15,51 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tower::Service;
 
-use crate::config::{AckMode, RelayArgs};
+use crate::config::{AckMode, MeshArgs, RelayArgs, RunArgs};
 use crate::gateway::{GatewayCtx, ws_json};
 use crate::limits::ConnCaps;
 use crate::metrics::Metrics;
 use crate::node::Relay;
+use crate::replication::membership::Membership;
+use crate::replication::service::MeshService;
+use crate::replication::transport::{self, MeshAuth, MeshTransport};
+use crate::replication::{Mesh, anti_entropy};
 use crate::wal::{OnCorrupt, Wal, WalConfig, node_id};
 use crate::{http, tls};
 
 /// Time allowed for a client to send its HTTP request head or finish TLS.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An edge's subscription may queue this many times a client's send queue.
+const BACKLOG_EDGE_FACTOR: usize = 64;
 /// Time connections get to close on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens the data dir (recovering it), then serves until SIGINT/SIGTERM or a
-/// WAL failure. Prints `aether-relay listening on <url>` once accepting.
-pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
+/// `aether-relay dev`: one relay on its own.
+pub async fn run_dev(args: RelayArgs) -> anyhow::Result<()> {
+    run(args, None).await
+}
+
+/// `aether-relay run`: a relay in a mesh.
+pub async fn run_mesh(args: RunArgs) -> anyhow::Result<()> {
+    let m = &args.mesh;
+    anyhow::ensure!(
+        m.write_quorum <= m.replication,
+        "--write-quorum ({}) cannot exceed --replication ({})",
+        m.write_quorum,
+        m.replication
+    );
+    let tls = transport::load_tls(m)?;
+    anyhow::ensure!(
+        tls.is_some() || m.mesh_plaintext,
+        "relays talk to each other over TLS: set --mesh-tls-cert/--mesh-tls-key/--mesh-tls-ca, or --mesh-plaintext to accept an unencrypted mesh"
+    );
+    run(args.relay, Some((args.mesh, tls))).await
+}
+
+/// Opens the data dir (recovering it), joins the mesh if any, then serves
+/// until SIGINT/SIGTERM or a WAL failure. Prints `aether-relay listening on
+/// <url>` once accepting.
+async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::MeshTls>)>) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let wal_cfg = WalConfig {
         dir: args.storage.data_dir.clone(),
@@ -54,7 +83,61 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         elapsed = ?recovery.elapsed, spaces = state.spaces.len(), "recovered"
     );
     let max_skew = args.storage.max_clock_skew.as_nanos().min(u64::MAX as u128) as u64;
-    let relay = Arc::new(Relay::new(actor, args.storage.ack, max_skew, wal, state, recovery, metrics));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut mesh_setup = None;
+    if let Some((m, tls)) = &mesh_args {
+        let advertise = m.mesh_advertise.clone().unwrap_or_else(|| m.mesh_listen.to_string());
+        let membership = Membership::new(
+            m.name.clone(),
+            advertise,
+            m.shards,
+            m.replication as usize,
+            m.peers.clone(),
+            m.membership_file.clone(),
+        )?;
+        let transport = MeshTransport::new(&m.name, m.mesh_token.as_deref(), tls.as_ref().map(|t| t.client.clone()))?;
+        let max_forwarded = args.limits.limit_conns.saturating_mul(args.limits.limit_send_queue).max(1024);
+        let mesh = Mesh::new(m, membership.subscribe(), transport, max_forwarded, metrics.clone());
+        mesh_setup = Some((mesh, membership));
+    }
+    let mesh = mesh_setup.as_ref().map(|(mesh, _)| mesh.clone());
+    let relay = Arc::new(Relay::new(actor, args.storage.ack, max_skew, wal, state, recovery, metrics, mesh));
+    if let (Some((mesh, membership)), Some((m, tls))) = (mesh_setup, &mesh_args) {
+        let listener = TcpListener::bind(m.mesh_listen)
+            .await
+            .with_context(|| format!("binding mesh listener {}", m.mesh_listen))?;
+        let mesh_addr = listener.local_addr()?;
+        let service = aether_proto::v1::mesh_server::MeshServer::new(MeshService::new(
+            relay.clone(),
+            MeshAuth::new(m.mesh_token.as_deref()),
+            m.replication_batch,
+            args.limits.limit_send_queue.saturating_mul(BACKLOG_EDGE_FACTOR),
+        ))
+        .max_decoding_message_size(transport::MAX_MESSAGE_BYTES);
+        let mut builder = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls.server.clone())?;
+        }
+        let mut stop = shutdown_rx.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = builder.add_service(service).serve_with_incoming_shutdown(incoming, stopped).await {
+                tracing::error!(error = %e, "mesh server failed");
+            }
+        });
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("aether-relay mesh listening on {scheme}://{mesh_addr} as {}", m.name);
+        tracing::info!(%mesh_addr, name = %m.name, shards = m.shards, replication = m.replication, write_quorum = m.write_quorum, "mesh listening");
+        tokio::spawn(membership.watch_file(m.membership_poll));
+        tokio::spawn(mesh.clone().follow_membership());
+        tokio::spawn(anti_entropy::run(relay.clone(), mesh, m.anti_entropy_interval));
+    }
     if args.storage.ack == AckMode::Memory {
         tracing::warn!("--ack memory: writes are echoed before they are on disk and may be lost in a crash");
     }
@@ -63,7 +146,6 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let ctx = Arc::new(GatewayCtx {
         relay: relay.clone(),
         caps: ConnCaps::new(args.limits.limit_conns, args.limits.limit_conns_per_ip),
@@ -78,6 +160,8 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
+        .route("/v1/admin/shards", get(http::admin_shards))
+        .route("/v1/admin/spaces", get(http::admin_spaces))
         .with_state(ctx.clone());
 
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

@@ -15,6 +15,8 @@ use crate::fanout::{Outbound, Subscriber};
 #[derive(Debug)]
 pub struct SpaceHub {
     name: Arc<str>,
+    /// An edge cache: state followed from an owner, never logged here.
+    cache: bool,
     inner: Mutex<SpaceInner>,
 }
 
@@ -39,9 +41,28 @@ pub struct Joined {
 }
 
 impl SpaceHub {
-    /// A hub for `name` holding `space`.
-    pub fn new(name: Arc<str>, space: Space) -> Self {
-        Self { name, inner: Mutex::new(SpaceInner { space, ..Default::default() }) }
+    /// A hub for `name` holding `space`; `cache` for an edge cache.
+    pub fn new(name: Arc<str>, space: Space, cache: bool) -> Self {
+        Self { name, cache, inner: Mutex::new(SpaceInner { space, ..Default::default() }) }
+    }
+
+    /// True for an edge cache (state followed from an owner, not logged here).
+    pub fn is_cache(&self) -> bool {
+        self.cache
+    }
+
+    /// Subscribes and returns every entry (tombstones and stamps included),
+    /// atomically: every op after them reaches the subscriber's queue.
+    pub fn join_entries(&self, sub: Subscriber) -> Vec<(Key, aether_core::Entry)> {
+        let mut inner = self.lock();
+        let entries = inner.space.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        inner.subscribers.push(sub);
+        entries
+    }
+
+    /// Removes subscriber `conn` without announcing anything.
+    pub fn unsubscribe(&self, conn: u64) {
+        self.lock().subscribers.retain(|s| s.conn != conn);
     }
 
     /// The space's name.

@@ -20,6 +20,7 @@ use super::GatewayCtx;
 use super::json_wire::{self, ClientMsg, WireLimits};
 use crate::fanout::{Outbound, Subscriber};
 use crate::limits::{CapExceeded, ConnSlot, TokenBucket, client_ip};
+use crate::replication::QuorumState;
 use crate::space::SpaceHub;
 use crate::wal::Durable;
 
@@ -54,6 +55,8 @@ const READ_BUFFER_BYTES: usize = 8 * 1024;
 const BACKLOG_FACTOR: usize = 8;
 /// Snapshots with more entries than this are encoded on the blocking pool.
 const BLOCKING_SNAPSHOT_ENTRIES: usize = 4096;
+/// How long a client joining a space served as an edge waits for the owner's snapshot.
+const EDGE_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
@@ -192,6 +195,7 @@ impl Connection {
         let id = id.to_string();
         let (sub, mut rx) = Subscriber::new(relay.next_conn_id(), self.ctx.limits.limit_send_queue);
         let kill = sub.kill().clone();
+        relay.prepare_join(space, EDGE_JOIN_TIMEOUT).await;
         let (hub, joined) = relay.join(space, sub.clone());
         let _leave = Leave { relay: relay.clone(), hub: hub.clone(), conn: sub.conn, id: id.clone() };
 
@@ -351,7 +355,8 @@ impl Connection {
         };
         written.err().map(|e| {
             let code = match e {
-                crate::node::WriteError::Wal(crate::wal::AppendError::Overloaded) => "overloaded",
+                crate::node::WriteError::Wal(crate::wal::AppendError::Overloaded)
+                | crate::node::WriteError::Forward(_) => "overloaded",
                 crate::node::WriteError::Wal(crate::wal::AppendError::Unavailable) => "unavailable",
             };
             relay.metrics().errors.with_label_values(&[code]).inc();
@@ -418,11 +423,18 @@ async fn next_outbound(
     rx: &mut mpsc::Receiver<Outbound>,
     durable: &mut watch::Receiver<Durable>,
 ) -> Result<Option<Outbound>, WriteFailure> {
-    if let Some(Outbound::Ack { lsn, .. }) = held {
+    if let Some(Outbound::Ack { lsn, quorum, .. }) = held {
         let lsn = *lsn;
+        let mut quorum = quorum.clone();
         loop {
             tokio::select! {
-                ok = async { durable.wait_for(|d| d.lsn >= lsn || d.failed).await.is_ok_and(|d| !d.failed) } => {
+                ok = async {
+                    let disk = durable.wait_for(|d| d.lsn >= lsn || d.failed).await.is_ok_and(|d| !d.failed);
+                    if let Some(q) = quorum.as_mut() {
+                        let _ = q.wait_for(|q| *q != QuorumState::Pending).await;
+                    }
+                    disk
+                } => {
                     return if ok { Ok(held.take()) } else { Err(WriteFailure::Storage) };
                 }
                 item = rx.recv() => {
@@ -460,17 +472,26 @@ async fn write_batch(
         let text = match item {
             Outbound::Op(event) => event.json(),
             Outbound::Text(text) => text,
-            Outbound::Ack { event, lsn, received } => {
+            Outbound::Ack { event, lsn, received, quorum } => {
                 let d = *durable.borrow();
                 if d.failed {
                     return Err(WriteFailure::Storage);
                 }
-                if d.lsn < lsn {
+                let q = quorum.as_ref().map_or(QuorumState::Reached, |q| *q.borrow());
+                if d.lsn < lsn || q == QuorumState::Pending {
                     sink.flush().await.map_err(|_| WriteFailure::Socket)?;
-                    return Ok(Some(Outbound::Ack { event, lsn, received }));
+                    return Ok(Some(Outbound::Ack { event, lsn, received, quorum }));
                 }
-                metrics.op_latency_durable.observe(received.elapsed().as_secs_f64());
-                event.json()
+                if q == QuorumState::TimedOut {
+                    metrics.errors.with_label_values(&["quorum-timeout"]).inc();
+                    json_wire::encode_error(
+                        "quorum-timeout",
+                        "the write is applied and durable here but not yet at the write quorum; it will replicate",
+                    )
+                } else {
+                    metrics.op_latency_durable.observe(received.elapsed().as_secs_f64());
+                    event.json()
+                }
             }
         };
         sink.feed(Message::Text(text)).await.map_err(|_| WriteFailure::Socket)?;

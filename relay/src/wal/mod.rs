@@ -312,6 +312,11 @@ impl Wal {
         Ok(lsn)
     }
 
+    /// The sequence number of the last record appended (durable or not).
+    pub fn last_lsn(&self) -> u64 {
+        self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).last_lsn
+    }
+
     /// True once a write or sync failed: nothing more can become durable.
     pub fn is_failed(&self) -> bool {
         self.shared.failed.load(Ordering::Acquire)

@@ -33,8 +33,32 @@ impl Relay {
 
     /// Like [`Relay::start`], returning the relay's stderr tail if it exits instead.
     pub fn try_start(data_dir: &Path, extra: &[&str]) -> Result<Relay, String> {
+        Self::spawn("dev", data_dir, extra)
+    }
+
+    /// Starts `aether-relay run` as mesh member `name` with its mesh gRPC on
+    /// `mesh_port` (see [`free_port`]), the given `NAME=HOST:PORT` peers and
+    /// extra flags (plaintext mesh).
+    pub fn start_member(name: &str, mesh_port: u16, peers: &[String], data_dir: &Path, extra: &[&str]) -> Relay {
+        let mut args: Vec<String> = vec![
+            "--name".into(),
+            name.into(),
+            "--mesh-listen".into(),
+            format!("127.0.0.1:{mesh_port}"),
+            "--mesh-plaintext".into(),
+        ];
+        for p in peers {
+            args.push("--peer".into());
+            args.push(p.clone());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::spawn("run", data_dir, &args).unwrap_or_else(|e| panic!("relay {name} did not start: {e}"))
+    }
+
+    fn spawn(mode: &str, data_dir: &Path, extra: &[&str]) -> Result<Relay, String> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_aether-relay"))
-            .arg("dev")
+            .arg(mode)
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
@@ -56,7 +80,8 @@ impl Relay {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next().and_then(Result::ok);
+            // `run` prints its mesh address first; the client listener's line comes last.
+            let first = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("aether-relay listening on"));
             let _ = tx.send(first);
             for _ in lines {}
         });
@@ -161,8 +186,10 @@ impl Client {
 
     /// The next event (JSON message, close or EOF); pings are answered by tungstenite.
     pub async fn next_event(&mut self) -> Event {
+        // One deadline for the whole wait: keep-alive pings must not extend it.
+        let until = tokio::time::Instant::now() + DEADLINE;
         loop {
-            let msg = tokio::time::timeout(DEADLINE, self.ws.next()).await.expect("no message before the deadline");
+            let msg = tokio::time::timeout_at(until, self.ws.next()).await.expect("no message before the deadline");
             match msg {
                 Some(Ok(Message::Text(t))) => return Event::Json(serde_json::from_str(&t).expect("relay sent JSON")),
                 Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
@@ -194,6 +221,12 @@ impl Client {
             }
         }
     }
+}
+
+/// A loopback TCP port that was free a moment ago (for addresses peers must
+/// know before a relay starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// A fresh temporary directory.

@@ -1,0 +1,351 @@
+//! The edge role: serving clients of spaces this relay does not own.
+//!
+//! For such a space the relay keeps a *cache hub* (in memory, never logged).
+//! It subscribes to the space at one owner — the first owner, in placement
+//! order, whose link is up — and merges the snapshot and the live ops it
+//! receives, fanning out what changes to its own clients. Client writes are
+//! stamped here and forwarded to that owner; the writer's echo is released
+//! when the owner reports the write durable at the write quorum.
+//!
+//! One `Edge` stream per (edge, owner) carries every space and write routed
+//! to that owner. When a link drops, its spaces move to the next owner (the
+//! new snapshot fills any gap, merge makes overlaps harmless) and its
+//! unacknowledged writes are sent again there (stamps make duplicates
+//! harmless).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use aether_core::{Key, Stamp};
+use aether_proto::v1::{EdgeEvent, EdgeRequest, ForwardedOp, Op as PbOp, edge_event, edge_request};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::membership::View;
+use super::peer::Backoff;
+use super::transport::MeshTransport;
+use crate::fanout::{OpEvent, Outbound, Subscriber};
+use crate::gateway::json_wire;
+use crate::metrics::Metrics;
+use crate::space::SpaceHub;
+
+/// Edge subscriptions and forwarded writes, for every owner link.
+pub struct Edges {
+    state: Mutex<State>,
+    view: watch::Receiver<Arc<View>>,
+    max_pending: usize,
+    transport: MeshTransport,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct State {
+    links: HashMap<String, Link>,
+    spaces: HashMap<Arc<str>, EdgeSpace>,
+    pending: HashMap<u64, Forwarded>,
+    /// Stamp of each pending write → its writer's connection (not sent the op twice).
+    by_stamp: HashMap<Stamp, u64>,
+    next_id: u64,
+}
+
+struct Link {
+    addr: String,
+    /// Set while the stream is open; `epoch` counts openings.
+    tx: Option<mpsc::UnboundedSender<EdgeRequest>>,
+    epoch: u64,
+    task: JoinHandle<()>,
+}
+
+struct EdgeSpace {
+    hub: Arc<SpaceHub>,
+    /// The owner and link epoch the subscription was sent on.
+    upstream: Option<(String, u64)>,
+    loaded: watch::Sender<bool>,
+}
+
+struct Forwarded {
+    space: Arc<str>,
+    op: PbOp,
+    stamp: Stamp,
+    writer: Subscriber,
+    event: Arc<OpEvent>,
+    received: Instant,
+    sent_on: Option<(String, u64)>,
+}
+
+/// A forwarded write was refused before it left this relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// Too many writes wait for their owners.
+    #[error("too many writes are waiting for their owner, try again")]
+    Overloaded,
+}
+
+impl Edges {
+    /// No subscriptions yet; at most `max_pending` forwarded writes in flight.
+    pub fn new(
+        view: watch::Receiver<Arc<View>>,
+        transport: MeshTransport,
+        max_pending: usize,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        Arc::new(Self { state: Mutex::default(), view, max_pending, transport, metrics })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts following `hub` (a cache hub) at one of its owners.
+    pub fn subscribe(self: &Arc<Self>, view: &View, hub: Arc<SpaceHub>) {
+        let mut st = self.lock();
+        let name = hub.name().clone();
+        st.spaces.entry(name).or_insert_with(|| EdgeSpace { hub, upstream: None, loaded: watch::channel(false).0 });
+        self.route(&mut st, view);
+    }
+
+    /// Resolves once `space`'s first snapshot has been merged (immediately if unknown).
+    pub fn loaded(&self, space: &str) -> Option<watch::Receiver<bool>> {
+        self.lock().spaces.get(space).map(|s| s.loaded.subscribe())
+    }
+
+    /// Stops following `space`.
+    pub fn unsubscribe(&self, space: &str) {
+        let mut st = self.lock();
+        if let Some(s) = st.spaces.remove(space)
+            && let Some((owner, _)) = s.upstream
+        {
+            let req = EdgeRequest { kind: Some(edge_request::Kind::Unsubscribe(space.to_owned())) };
+            st.send(&owner, req);
+        }
+    }
+
+    /// Names of followed spaces.
+    pub fn spaces(&self) -> Vec<Arc<str>> {
+        self.lock().spaces.keys().cloned().collect()
+    }
+
+    /// Forwards a write stamped here to the space's owner. The writer's echo
+    /// (`event`) is queued to it when the owner acknowledges.
+    pub fn forward(
+        &self,
+        space: &Arc<str>,
+        op: PbOp,
+        stamp: Stamp,
+        writer: &Subscriber,
+        event: Arc<OpEvent>,
+        received: Instant,
+    ) -> Result<(), ForwardError> {
+        let mut st = self.lock();
+        if st.pending.len() >= self.max_pending {
+            return Err(ForwardError::Overloaded);
+        }
+        st.next_id += 1;
+        let id = st.next_id;
+        let upstream = st.spaces.get(space).and_then(|s| s.upstream.clone());
+        let mut fwd =
+            Forwarded { space: space.clone(), op, stamp, writer: writer.clone(), event, received, sent_on: None };
+        if let Some((owner, epoch)) = upstream
+            && st.send(&owner, write_request(id, &fwd.op))
+        {
+            fwd.sent_on = Some((owner, epoch));
+        }
+        st.by_stamp.insert(stamp, writer.conn);
+        st.pending.insert(id, fwd);
+        Ok(())
+    }
+
+    /// Re-evaluates links and routes after a membership change or a link
+    /// going up or down: spawns links to new owners, stops links to departed
+    /// members, moves spaces to the first reachable owner and (re)sends
+    /// subscriptions and pending writes that have not reached the current
+    /// link epoch.
+    pub fn reroute(self: &Arc<Self>, view: &View) {
+        let mut st = self.lock();
+        self.route(&mut st, view);
+    }
+
+    fn route(self: &Arc<Self>, st: &mut State, view: &View) {
+        // Links to every owner of a followed space; departed members' links stop.
+        let mut wanted: HashMap<String, String> = HashMap::new();
+        for name in st.spaces.keys() {
+            for o in view.owners(view.shard_of(name)).filter(|o| *o != view.me) {
+                wanted.insert(o.to_owned(), view.members[o].clone());
+            }
+        }
+        st.links.retain(|name, link| {
+            let keep = wanted.get(name).is_some_and(|a| *a == link.addr);
+            if !keep {
+                link.task.abort();
+            }
+            keep
+        });
+        for (name, addr) in wanted {
+            if let std::collections::hash_map::Entry::Vacant(e) = st.links.entry(name) {
+                let task = tokio::spawn(self.clone().run_link(e.key().clone(), addr.clone()));
+                e.insert(Link { addr, tx: None, epoch: 0, task });
+            }
+        }
+        let State { links, spaces, pending, .. } = st;
+        let current = |o: &str| links.get(o).filter(|l| l.tx.is_some()).map(|l| (o.to_owned(), l.epoch));
+        for (name, s) in spaces.iter_mut() {
+            let target = view.owners(view.shard_of(name)).filter(|o| *o != view.me).find_map(current);
+            if target == s.upstream {
+                continue;
+            }
+            if let Some((old, _)) = &s.upstream
+                && target.as_ref().is_none_or(|(t, _)| t != old)
+            {
+                let req = EdgeRequest { kind: Some(edge_request::Kind::Unsubscribe(name.to_string())) };
+                send_on(links, old, req);
+            }
+            if let Some((owner, _)) = &target {
+                send_on(links, owner, EdgeRequest { kind: Some(edge_request::Kind::Subscribe(name.to_string())) });
+            }
+            s.upstream = target;
+        }
+        for (id, w) in pending.iter_mut() {
+            let Some(up) = spaces.get(&w.space).and_then(|s| s.upstream.clone()) else { continue };
+            if w.sent_on.as_ref() != Some(&up) && send_on(links, &up.0, write_request(*id, &w.op)) {
+                w.sent_on = Some(up);
+            }
+        }
+    }
+
+    fn on_event(&self, event: EdgeEvent) {
+        let Some(kind) = event.kind else { return };
+        let mut st = self.lock();
+        match kind {
+            edge_event::Kind::Snapshot(snap) => {
+                if let Some(s) = st.spaces.get(snap.space.as_str()) {
+                    let hub = s.hub.clone();
+                    self.merge(&st, &hub, snap.ops);
+                    if snap.last {
+                        st.spaces[snap.space.as_str()].loaded.send_replace(true);
+                    }
+                }
+            }
+            edge_event::Kind::Ops(batch) => {
+                let mut ops = batch.ops;
+                ops.sort_by(|a, b| a.space.cmp(&b.space));
+                for chunk in ops.chunk_by(|a, b| a.space == b.space) {
+                    if let Some(s) = st.spaces.get(chunk[0].space.as_str()) {
+                        let hub = s.hub.clone();
+                        self.merge(&st, &hub, chunk.to_vec());
+                    }
+                }
+            }
+            edge_event::Kind::Acks(acks) => {
+                for id in acks.ids {
+                    if let Some(w) = st.pending.remove(&id) {
+                        st.by_stamp.remove(&w.stamp);
+                        self.metrics.op_latency_durable.observe(w.received.elapsed().as_secs_f64());
+                        w.writer.offer(Outbound::Op(w.event));
+                    }
+                }
+            }
+            edge_event::Kind::Error(err) => {
+                if let Some(w) = st.pending.remove(&err.id) {
+                    st.by_stamp.remove(&w.stamp);
+                    w.writer.offer(Outbound::Text(json_wire::encode_error("write-failed", &err.message)));
+                }
+            }
+        }
+    }
+
+    /// Merges ops from an owner into a cache hub and fans out what changed,
+    /// except to the writer of a pending forwarded write (it gets the echo).
+    fn merge(&self, st: &State, hub: &SpaceHub, ops: Vec<PbOp>) {
+        let mut inner = hub.lock();
+        for op in ops {
+            let Ok(op) = super::from_pb(op) else { continue };
+            let (key, value) = (Key::from(op.key), op.value);
+            if inner.space.merge_owned(key.clone(), value.clone(), op.stamp) != aether_core::Merge::Applied {
+                continue;
+            }
+            let skip = st.by_stamp.get(&op.stamp).copied();
+            let event = Arc::new(OpEvent::new(key, value, op.stamp));
+            for s in inner.subscribers.iter().filter(|s| Some(s.conn) != skip) {
+                s.offer(Outbound::Op(event.clone()));
+            }
+        }
+    }
+
+    fn link_up(self: &Arc<Self>, owner: &str, tx: mpsc::UnboundedSender<EdgeRequest>, view: &View) {
+        let mut st = self.lock();
+        if let Some(link) = st.links.get_mut(owner) {
+            link.epoch += 1;
+            link.tx = Some(tx);
+        }
+        // Spaces already routed to this owner subscribe again on the new stream.
+        for s in st.spaces.values_mut() {
+            if s.upstream.as_ref().is_some_and(|(o, _)| o == owner) {
+                s.upstream = None;
+            }
+        }
+        self.route(&mut st, view);
+    }
+
+    fn link_down(self: &Arc<Self>, owner: &str, view: &View) {
+        let mut st = self.lock();
+        if let Some(link) = st.links.get_mut(owner) {
+            link.tx = None;
+        }
+        for s in st.spaces.values_mut() {
+            if s.upstream.as_ref().is_some_and(|(o, _)| o == owner) {
+                s.upstream = None;
+            }
+        }
+        self.route(&mut st, view);
+    }
+
+    async fn run_link(self: Arc<Self>, owner: String, addr: String) {
+        let mut backoff = Backoff::new();
+        loop {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let opened = match self.transport.client(&addr) {
+                Ok(mut c) => c.edge(self.transport.request(UnboundedReceiverStream::new(rx))).await,
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(events) => {
+                    backoff.reset();
+                    let mut events = events.into_inner();
+                    let view = self.view.borrow().clone();
+                    self.link_up(&owner, tx, &view);
+                    tracing::debug!(%owner, "edge link open");
+                    loop {
+                        match events.message().await {
+                            Ok(Some(ev)) => self.on_event(ev),
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::debug!(%owner, error = %e, "edge link ended");
+                                break;
+                            }
+                        }
+                    }
+                    let view = self.view.borrow().clone();
+                    self.link_down(&owner, &view);
+                }
+                Err(e) => tracing::debug!(%owner, error = %e, "edge link failed"),
+            }
+            tokio::time::sleep(backoff.delay()).await;
+        }
+    }
+}
+
+impl State {
+    fn send(&self, owner: &str, req: EdgeRequest) -> bool {
+        send_on(&self.links, owner, req)
+    }
+}
+
+fn send_on(links: &HashMap<String, Link>, owner: &str, req: EdgeRequest) -> bool {
+    links.get(owner).and_then(|l| l.tx.as_ref()).is_some_and(|tx| tx.send(req).is_ok())
+}
+
+fn write_request(id: u64, op: &PbOp) -> EdgeRequest {
+    EdgeRequest { kind: Some(edge_request::Kind::Write(ForwardedOp { id, op: Some(op.clone()) })) }
+}

@@ -1,0 +1,239 @@
+//! Outbound replication to one peer: a bounded queue of ops not yet
+//! acknowledged, and a task that keeps one bidirectional `Replicate` stream
+//! open, sends the queue in batches and drops what the peer reports durable.
+//!
+//! A slow or unreachable peer fills only its own queue. Past the bound, ops for
+//! it are dropped and it is marked for anti-entropy, which will bring it up to
+//! date: the peer is never cut off from the mesh, and nobody waits for it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aether_proto::v1::{Op as PbOp, ReplicateBatch};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::transport::MeshTransport;
+
+/// Replication state for one peer.
+pub struct Peer {
+    /// Member name.
+    pub name: String,
+    /// Mesh address it was created for.
+    pub addr: String,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    room: Notify,
+    acked: watch::Sender<u64>,
+    connected: AtomicBool,
+    dropped: AtomicU64,
+    /// Set when ops were dropped or the stream reconnected: anti-entropy must run.
+    needs_sync: AtomicBool,
+    cap: usize,
+    batch: usize,
+}
+
+struct Queue {
+    ops: VecDeque<(u64, Instant, PbOp)>,
+    next_seq: u64,
+}
+
+/// What `/v1/admin/shards` and `/metrics` show about a peer.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerStatus {
+    /// Member name.
+    pub name: String,
+    /// Mesh address.
+    pub addr: String,
+    /// The replication stream is open.
+    pub connected: bool,
+    /// Ops sent or queued but not yet durable at the peer.
+    pub pending_ops: usize,
+    /// Age of the oldest such op (replication lag), seconds.
+    pub lag_seconds: f64,
+    /// Ops dropped for this peer because its queue was full (repaired by anti-entropy).
+    pub dropped_ops: u64,
+}
+
+impl Peer {
+    /// A peer with a queue of `cap` ops, sending batches of up to `batch`.
+    pub fn new(name: String, addr: String, cap: usize, batch: usize) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            addr,
+            queue: Mutex::new(Queue { ops: VecDeque::new(), next_seq: 1 }),
+            wake: Notify::new(),
+            room: Notify::new(),
+            acked: watch::channel(0).0,
+            connected: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            needs_sync: AtomicBool::new(true),
+            cap,
+            batch,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `op` without waiting; returns its sequence number, or `None` when
+    /// the queue is full (the op is dropped for this peer and anti-entropy will
+    /// deliver it).
+    pub fn offer(&self, op: PbOp) -> Option<u64> {
+        let mut q = self.lock();
+        if q.ops.len() >= self.cap {
+            drop(q);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.needs_sync.store(true, Ordering::Release);
+            return None;
+        }
+        let seq = q.next_seq;
+        q.next_seq += 1;
+        q.ops.push_back((seq, Instant::now(), op));
+        drop(q);
+        self.wake.notify_one();
+        Some(seq)
+    }
+
+    /// Queues `op`, waiting for room (anti-entropy pushes use this).
+    pub async fn send(&self, op: PbOp) {
+        let mut op = Some(op);
+        loop {
+            let room = self.room.notified();
+            {
+                let mut q = self.lock();
+                if q.ops.len() < self.cap {
+                    let seq = q.next_seq;
+                    q.next_seq += 1;
+                    q.ops.push_back((seq, Instant::now(), op.take().expect("sent once")));
+                    drop(q);
+                    self.wake.notify_one();
+                    return;
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Highest sequence number the peer holds durably.
+    pub fn acked(&self) -> watch::Receiver<u64> {
+        self.acked.subscribe()
+    }
+
+    /// True while the stream is open.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Takes the "anti-entropy needed" mark.
+    pub fn take_needs_sync(&self) -> bool {
+        self.needs_sync.swap(false, Ordering::AcqRel)
+    }
+
+    /// Current status.
+    pub fn status(&self) -> PeerStatus {
+        let q = self.lock();
+        PeerStatus {
+            name: self.name.clone(),
+            addr: self.addr.clone(),
+            connected: self.is_connected(),
+            pending_ops: q.ops.len(),
+            lag_seconds: q.ops.front().map_or(0.0, |(_, t, _)| t.elapsed().as_secs_f64()),
+            dropped_ops: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Keeps a `Replicate` stream to the peer open for as long as the task runs,
+    /// reconnecting with jittered exponential backoff. Every (re)connection
+    /// marks the peer for anti-entropy.
+    pub async fn run(self: Arc<Self>, transport: MeshTransport) {
+        let mut backoff = Backoff::new();
+        loop {
+            match self.stream_once(&transport).await {
+                Ok(()) => backoff.reset(),
+                Err(e) => tracing::debug!(peer = %self.name, error = %e, "replication stream ended"),
+            }
+            self.connected.store(false, Ordering::Release);
+            tokio::time::sleep(backoff.delay()).await;
+        }
+    }
+
+    async fn stream_once(&self, transport: &MeshTransport) -> Result<(), tonic::Status> {
+        let mut client = transport.client(&self.addr)?;
+        let (tx, rx) = mpsc::channel::<ReplicateBatch>(4);
+        let mut replies = client.replicate(transport.request(ReceiverStream::new(rx))).await?.into_inner();
+        self.connected.store(true, Ordering::Release);
+        self.needs_sync.store(true, Ordering::Release);
+        tracing::info!(peer = %self.name, addr = %self.addr, "replication stream open");
+        // Everything not acknowledged is (re)sent on a new stream.
+        let mut sent_upto = *self.acked.borrow();
+        loop {
+            let batch = {
+                let q = self.lock();
+                let start = q.ops.partition_point(|(s, _, _)| *s <= sent_upto);
+                let ops: Vec<PbOp> = q.ops.iter().skip(start).take(self.batch).map(|(_, _, op)| op.clone()).collect();
+                let last = q.ops.get(start + ops.len().saturating_sub(1)).map(|(s, _, _)| *s);
+                (!ops.is_empty()).then(|| ReplicateBatch { seq: last.unwrap_or(0), ops })
+            };
+            let wake = self.wake.notified();
+            tokio::select! {
+                permit = tx.reserve(), if batch.is_some() => {
+                    let permit = permit.map_err(|_| tonic::Status::unavailable("stream closed"))?;
+                    let batch = batch.expect("guarded");
+                    sent_upto = batch.seq;
+                    permit.send(batch);
+                }
+                _ = wake, if batch.is_none() => {}
+                reply = replies.message() => match reply? {
+                    Some(ack) => {
+                        let mut q = self.lock();
+                        while q.ops.front().is_some_and(|(s, _, _)| *s <= ack.durable_seq) {
+                            q.ops.pop_front();
+                        }
+                        drop(q);
+                        self.acked.send_if_modified(|a| {
+                            let changed = ack.durable_seq > *a;
+                            *a = (*a).max(ack.durable_seq);
+                            changed
+                        });
+                        self.room.notify_waiters();
+                    }
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 50 ms to 5 s with full jitter.
+pub struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A fresh backoff.
+    pub fn new() -> Self {
+        Self { attempt: 0 }
+    }
+
+    /// Back to the shortest delay.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The next delay.
+    pub fn delay(&mut self) -> Duration {
+        let cap = Duration::from_millis(50).saturating_mul(1 << self.attempt.min(7)).min(Duration::from_secs(5));
+        self.attempt += 1;
+        cap.mul_f64(0.5 + rand::random::<f64>() / 2.0)
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new()
+    }
+}
