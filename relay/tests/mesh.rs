@@ -187,3 +187,69 @@ async fn an_owner_killed_during_writes_catches_up_and_no_acked_write_is_lost() {
     let got: BTreeMap<String, Value> = snap.as_object().unwrap().clone().into_iter().collect();
     assert_eq!(got, acked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_quorum_two_waits_for_a_second_owner() {
+    let mut mesh = Mesh::start(
+        3,
+        &["--shards", "4", "--replication", "3", "--write-quorum", "2", "--quorum-timeout", "1s", "--mesh-token", "s3cret"],
+    );
+    let (mut w, _, _) = Client::join(&mesh.relay(0).ws_url("space=q")).await;
+    w.send(json!({"type": "set", "key": "a", "value": 1})).await;
+    assert_eq!(recv_set(&mut w, "a").await, json!(1));
+    mesh.kill(1);
+    w.send(json!({"type": "set", "key": "b", "value": 2})).await;
+    assert_eq!(recv_set(&mut w, "b").await, json!(2), "one other owner is enough for W=2");
+    mesh.kill(2);
+    w.send(json!({"type": "set", "key": "c", "value": 3})).await;
+    let m = w.recv().await;
+    assert_eq!((m["type"].as_str(), m["code"].as_str()), (Some("error"), Some("quorum-timeout")), "{m}");
+    // The write stayed applied here and reaches the owners once they are back.
+    mesh.restart(1);
+    mesh.restart(2);
+    w.send(json!({"type": "set", "key": "d", "value": 4})).await;
+    assert_eq!(recv_set(&mut w, "d").await, json!(4));
+    mesh.converged(&["q".to_string()], 3, DEADLINE).await;
+    let (_, _, snap) = Client::join(&mesh.relay(2).ws_url("space=q")).await;
+    assert_eq!(snap, json!({"a": 1, "b": 2, "c": 3, "d": 4}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_through_the_membership_file_catches_up() {
+    let dir = tempdir();
+    let file = dir.path().join("members");
+    let ports = [free_port(), free_port(), free_port()];
+    let line = |i: usize| format!("r{}=127.0.0.1:{}\n", i + 1, ports[i]);
+    std::fs::write(&file, format!("{}{}", line(0), line(1))).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let extra = ["--shards", "8", "--replication", "3", "--membership-file", file_arg, "--membership-poll", "100ms"];
+    let extra = [&extra[..], &["--anti-entropy-interval", "1s", "--limit-msgs-per-sec", "100000"]].concat();
+    let dirs = [tempdir(), tempdir(), tempdir()];
+    let r1 = Relay::start_member("r1", ports[0], &[], dirs[0].path(), &extra);
+    let _r2 = Relay::start_member("r2", ports[1], &[], dirs[1].path(), &extra);
+    let (mut w, _, _) = Client::join(&r1.ws_url("space=grow")).await;
+    for i in 0..50 {
+        let key = format!("k{i}");
+        w.send(json!({"type": "set", "key": key, "value": i})).await;
+        assert_eq!(recv_set(&mut w, &key).await, json!(i));
+    }
+    std::fs::write(&file, format!("{}{}{}", line(0), line(1), line(2))).unwrap();
+    let r3 = Relay::start_member("r3", ports[2], &[], dirs[2].path(), &extra);
+    // The newcomer owns the shard (R = 3 of 3) and fills itself by anti-entropy.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = r3.http_get("/v1/admin/spaces").await;
+        let (_, reference) = r1.http_get("/v1/admin/spaces").await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        if v["spaces"].as_array().unwrap().iter().any(|s| s["space"] == "grow" && s["role"] == "owner" && s["entries"] == 50)
+            && body == reference
+        {
+            break;
+        }
+        assert!(Instant::now() < until, "the new member did not catch up: {body} vs {reference}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, shards) = r1.http_get("/v1/admin/shards").await;
+    let shards: Value = serde_json::from_str(&shards).unwrap();
+    assert_eq!(shards["members"].as_object().unwrap().len(), 3, "r1 picked up the file change");
+}

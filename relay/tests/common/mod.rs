@@ -57,9 +57,30 @@ impl Relay {
     }
 
     fn spawn(mode: &str, data_dir: &Path, extra: &[&str]) -> Result<Relay, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_aether-relay"))
+        Self::spawn_in(None, mode, "127.0.0.1:0", data_dir, extra)
+    }
+
+    /// Starts `aether-relay MODE --listen LISTEN --data-dir DIR EXTRA...`,
+    /// inside network namespace `netns` when given (`ip netns exec`).
+    pub fn spawn_in(
+        netns: Option<&str>,
+        mode: &str,
+        listen: &str,
+        data_dir: &Path,
+        extra: &[&str],
+    ) -> Result<Relay, String> {
+        let bin = env!("CARGO_BIN_EXE_aether-relay");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, bin]);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = cmd
             .arg(mode)
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("AETHER_LOG", std::env::var("AETHER_LOG").unwrap_or_else(|_| "warn".into()))
