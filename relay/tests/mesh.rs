@@ -192,7 +192,18 @@ async fn an_owner_killed_during_writes_catches_up_and_no_acked_write_is_lost() {
 async fn write_quorum_two_waits_for_a_second_owner() {
     let mut mesh = Mesh::start(
         3,
-        &["--shards", "4", "--replication", "3", "--write-quorum", "2", "--quorum-timeout", "1s", "--mesh-token", "s3cret"],
+        &[
+            "--shards",
+            "4",
+            "--replication",
+            "3",
+            "--write-quorum",
+            "2",
+            "--quorum-timeout",
+            "1s",
+            "--mesh-token",
+            "s3cret",
+        ],
     );
     let (mut w, _, _) = Client::join(&mesh.relay(0).ws_url("space=q")).await;
     w.send(json!({"type": "set", "key": "a", "value": 1})).await;
@@ -241,7 +252,11 @@ async fn a_member_added_through_the_membership_file_catches_up() {
         let (_, body) = r3.http_get("/v1/admin/spaces").await;
         let (_, reference) = r1.http_get("/v1/admin/spaces").await;
         let v: Value = serde_json::from_str(&body).unwrap();
-        if v["spaces"].as_array().unwrap().iter().any(|s| s["space"] == "grow" && s["role"] == "owner" && s["entries"] == 50)
+        if v["spaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["space"] == "grow" && s["role"] == "owner" && s["entries"] == 50)
             && body == reference
         {
             break;
@@ -252,4 +267,55 @@ async fn a_member_added_through_the_membership_file_catches_up() {
     let (_, shards) = r1.http_get("/v1/admin/shards").await;
     let shards: Value = serde_json::from_str(&shards).unwrap();
     assert_eq!(shards["members"].as_object().unwrap().len(), 3, "r1 picked up the file change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_writes_through_an_edge_are_all_acknowledged_once() {
+    let mesh = Mesh::start(3, &["--shards", "16", "--replication", "2", "--limit-msgs-per-sec", "100000"]);
+    // A space relay 0 does not own: its writes are forwarded.
+    let names: Vec<String> = (1..=3).map(|i| format!("r{i}")).collect();
+    let space = (0..)
+        .map(|i| format!("edge-{i}"))
+        .find(|s| !aether_core::placement::owners(aether_core::placement::shard_of(s, 16), &names, 2).contains(&"r1"))
+        .unwrap();
+    let (mut w, _, _) = Client::join(&mesh.relay(0).ws_url(&format!("space={space}"))).await;
+    let (total, window) = (2000usize, 32usize);
+    let (mut sent, mut echoed) = (0usize, BTreeMap::new());
+    while echoed.len() < total {
+        while sent < total && sent - echoed.len() < window {
+            w.send(json!({"type": "set", "key": format!("k{sent}"), "value": sent})).await;
+            sent += 1;
+        }
+        let m = w.recv().await;
+        assert_eq!(m["type"], "set", "{m}");
+        let key = m["key"].as_str().unwrap().to_string();
+        assert!(echoed.insert(key.clone(), m["value"].clone()).is_none(), "{key} echoed twice");
+    }
+    let roles = mesh.spaces(0).await;
+    assert_eq!(roles[&space].0, "edge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_every_relay_while_an_owner_is_down() {
+    let mut mesh = Mesh::start(4, &["--shards", "16", "--replication", "3", "--limit-msgs-per-sec", "100000"]);
+    let names: Vec<String> = (1..=4).map(|i| format!("r{i}")).collect();
+    let space = (0..)
+        .map(|i| format!("down-{i}"))
+        .find(|s| aether_core::placement::owners(aether_core::placement::shard_of(s, 16), &names, 3).contains(&"r4"))
+        .unwrap();
+    mesh.kill(3);
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        let (w, _, _) = Client::join(&mesh.relay(i).ws_url(&format!("space={space}"))).await;
+        writers.push(w);
+    }
+    for round in 0..50 {
+        for (i, w) in writers.iter_mut().enumerate() {
+            let key = format!("w{i}k{round}");
+            w.send(json!({"type": "set", "key": key, "value": round})).await;
+            assert_eq!(recv_set(w, &key).await, json!(round), "writer on relay {i}");
+        }
+    }
+    mesh.restart(3);
+    mesh.converged(std::slice::from_ref(&space), 3, DEADLINE).await;
 }

@@ -239,11 +239,18 @@ impl Edges {
             }
             edge_event::Kind::Acks(acks) => {
                 for id in acks.ids {
-                    if let Some(w) = st.pending.remove(&id) {
-                        st.by_stamp.remove(&w.stamp);
-                        self.metrics.op_latency_durable.observe(w.received.elapsed().as_secs_f64());
-                        w.writer.offer(Outbound::Op(w.event));
+                    let Some(w) = st.pending.remove(&id) else { continue };
+                    // The owner's op event may come before or after its ack (they travel
+                    // on different tasks there). Merging the write here, now, makes the
+                    // order irrelevant: whichever comes second is a duplicate, and the
+                    // writer is skipped both times; it gets exactly one echo, below.
+                    if let Some(s) = st.spaces.get(&w.space) {
+                        let hub = s.hub.clone();
+                        self.merge(&st, &hub, vec![w.op.clone()]);
                     }
+                    st.by_stamp.remove(&w.stamp);
+                    self.metrics.op_latency_durable.observe(w.received.elapsed().as_secs_f64());
+                    w.writer.offer(Outbound::Op(w.event));
                 }
             }
             edge_event::Kind::Error(err) => {

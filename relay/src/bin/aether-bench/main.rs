@@ -1,8 +1,10 @@
-//! `aether-bench`: load generator for a relay over real WebSockets.
+//! `aether-bench`: load generator for a relay (or a mesh of them) over real WebSockets.
 //!
 //! Starts an `aether-relay dev` child process (next to this binary) with a
 //! temporary data dir and raised limits, unless `--addr` points at a running
 //! relay. Prints its figures; docs/benchmarks.md records them.
+
+mod mesh;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -81,6 +83,8 @@ enum Cmd {
         #[arg(long, default_value_t = 2_000)]
         ops: usize,
     },
+    /// A mesh of `aether-relay run` processes: convergence, cross-relay round trip, throughput, catch-up.
+    Mesh(mesh::MeshBench),
     /// Baseline: a bare tokio-tungstenite echo server on loopback, one message in flight.
     EchoBaseline {
         #[arg(long, default_value_t = 20_000)]
@@ -423,6 +427,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Replay { ops, keys, value_bytes, repeat } => return replay(ops, keys, value_bytes, repeat),
         Cmd::Fsync { ops } => return fsync(ops),
         Cmd::EchoBaseline { ops } => return rt.block_on(echo_baseline(ops)),
+        Cmd::Mesh(b) => return rt.block_on(mesh::run(b)),
         _ => {}
     }
     let relay = start_relay(&cli)?;
