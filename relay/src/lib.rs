@@ -17,5 +17,6 @@ pub mod node;
 pub mod replication;
 pub mod server;
 pub mod space;
+pub mod telemetry;
 pub mod tls;
 pub mod wal;

@@ -260,6 +260,11 @@ impl Relay {
         value: Option<&[u8]>,
         received: Instant,
     ) -> Result<(), WriteError> {
+        let span = crate::telemetry::enabled().then(|| {
+            let role = if hub.is_cache() { "edge" } else { "owner" };
+            tracing::info_span!("relay.write", space = %hub.name(), role)
+        });
+        let _entered = span.as_ref().map(|s| s.enter());
         if hub.is_cache()
             && let Some(mesh) = &self.mesh
         {
@@ -268,7 +273,9 @@ impl Relay {
             let op = to_pb(hub.name(), key, value.as_ref(), stamp, self.actor);
             let is_set = value.is_some();
             let event = Arc::new(OpEvent::new(Key::from(key), value, stamp));
-            mesh.edges.forward(hub.name(), op, stamp, writer, event, received)?;
+            let trace = crate::telemetry::traceparent();
+            let out = crate::replication::edge::Outgoing { op, trace, stamp, event, received };
+            mesh.edges.forward(hub.name(), writer, out)?;
             if is_set { &self.metrics.ops_set } else { &self.metrics.ops_delete }.inc();
             return Ok(());
         }

@@ -146,7 +146,7 @@ async fn a_partitioned_relay_heals_to_identical_replicas() {
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let listen = format!("{}:8080", Net::client_ip(i));
-            Relay::spawn_in(Some(&net.ns(i)), "run", &listen, dirs[i].path(), &args).expect("relay starts")
+            Relay::spawn_in(Some(&net.ns(i)), "run", &listen, dirs[i].path(), &args, &[]).expect("relay starts")
         })
         .collect();
 
@@ -171,7 +171,7 @@ async fn a_partitioned_relay_heals_to_identical_replicas() {
     let until = Instant::now() + DEADLINE;
     loop {
         let all = [digests(&relays[0]).await, digests(&relays[1]).await, digests(&relays[2]).await];
-        if all[0].get("board").is_some() && all.windows(2).all(|w| w[0].get("board") == w[1].get("board")) {
+        if all[0].contains_key("board") && all.windows(2).all(|w| w[0].get("board") == w[1].get("board")) {
             break;
         }
         assert!(Instant::now() < until, "replicas did not heal: {all:?}");

@@ -22,6 +22,7 @@ use aether_proto::v1::mesh_client::MeshClient;
 use aether_proto::v1::{FetchEntriesRequest, ShardDigestRequest, SpaceBucketsRequest};
 use tonic::Status;
 use tonic::transport::Channel;
+use tracing::Instrument;
 
 use super::membership::View;
 use super::peer::Peer;
@@ -77,7 +78,12 @@ pub async fn pass(relay: &Arc<Relay>, mesh: &Arc<Mesh>, only: Option<&str>) -> S
     for shard in shards {
         for owner in view.owners(shard).filter(|o| *o != view.me && only.is_none_or(|x| x == *o)) {
             let Some(peer) = mesh.peer(owner) else { continue };
-            match session(relay, mesh, &view, shard, &peer).await {
+            let span = if crate::telemetry::enabled() {
+                tracing::info_span!("anti_entropy.session", peer = owner, shard)
+            } else {
+                tracing::Span::none()
+            };
+            match session(relay, mesh, &view, shard, &peer).instrument(span).await {
                 Ok(s) => {
                     total.fetched += s.fetched;
                     total.pushed += s.pushed;

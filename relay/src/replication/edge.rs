@@ -68,11 +68,26 @@ struct EdgeSpace {
 struct Forwarded {
     space: Arc<str>,
     op: PbOp,
+    trace: String,
     stamp: Stamp,
     writer: Subscriber,
     event: Arc<OpEvent>,
     received: Instant,
     sent_on: Option<(String, u64)>,
+}
+
+/// A write an edge sends to the space's owner.
+pub struct Outgoing {
+    /// The op, stamped by the edge.
+    pub op: PbOp,
+    /// W3C traceparent of the client write ("" when not traced).
+    pub trace: String,
+    /// Its stamp.
+    pub stamp: Stamp,
+    /// The writer's echo, queued on acknowledgement.
+    pub event: Arc<OpEvent>,
+    /// When the client's message arrived.
+    pub received: Instant,
 }
 
 /// A forwarded write was refused before it left this relay.
@@ -128,16 +143,9 @@ impl Edges {
     }
 
     /// Forwards a write stamped here to the space's owner. The writer's echo
-    /// (`event`) is queued to it when the owner acknowledges.
-    pub fn forward(
-        &self,
-        space: &Arc<str>,
-        op: PbOp,
-        stamp: Stamp,
-        writer: &Subscriber,
-        event: Arc<OpEvent>,
-        received: Instant,
-    ) -> Result<(), ForwardError> {
+    /// (`w.event`) is queued to it when the owner acknowledges.
+    pub fn forward(&self, space: &Arc<str>, writer: &Subscriber, w: Outgoing) -> Result<(), ForwardError> {
+        let Outgoing { op, trace, stamp, event, received } = w;
         let mut st = self.lock();
         if st.pending.len() >= self.max_pending {
             return Err(ForwardError::Overloaded);
@@ -145,10 +153,18 @@ impl Edges {
         st.next_id += 1;
         let id = st.next_id;
         let upstream = st.spaces.get(space).and_then(|s| s.upstream.clone());
-        let mut fwd =
-            Forwarded { space: space.clone(), op, stamp, writer: writer.clone(), event, received, sent_on: None };
+        let mut fwd = Forwarded {
+            space: space.clone(),
+            op,
+            trace,
+            stamp,
+            writer: writer.clone(),
+            event,
+            received,
+            sent_on: None,
+        };
         if let Some((owner, epoch)) = upstream
-            && st.send(&owner, write_request(id, &fwd.op))
+            && st.send(&owner, write_request(id, &fwd))
         {
             fwd.sent_on = Some((owner, epoch));
         }
@@ -208,7 +224,7 @@ impl Edges {
         }
         for (id, w) in pending.iter_mut() {
             let Some(up) = spaces.get(&w.space).and_then(|s| s.upstream.clone()) else { continue };
-            if w.sent_on.as_ref() != Some(&up) && send_on(links, &up.0, write_request(*id, &w.op)) {
+            if w.sent_on.as_ref() != Some(&up) && send_on(links, &up.0, write_request(*id, w)) {
                 w.sent_on = Some(up);
             }
         }
@@ -353,6 +369,7 @@ fn send_on(links: &HashMap<String, Link>, owner: &str, req: EdgeRequest) -> bool
     links.get(owner).and_then(|l| l.tx.as_ref()).is_some_and(|tx| tx.send(req).is_ok())
 }
 
-fn write_request(id: u64, op: &PbOp) -> EdgeRequest {
-    EdgeRequest { kind: Some(edge_request::Kind::Write(ForwardedOp { id, op: Some(op.clone()) })) }
+fn write_request(id: u64, w: &Forwarded) -> EdgeRequest {
+    let fwd = ForwardedOp { id, op: Some(w.op.clone()), traceparent: w.trace.clone() };
+    EdgeRequest { kind: Some(edge_request::Kind::Write(fwd)) }
 }

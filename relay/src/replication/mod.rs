@@ -149,11 +149,12 @@ impl Mesh {
     /// owners. With a write quorum above 1, returns where the quorum stands.
     pub fn replicate(&self, shard: u32, op: PbOp) -> Option<watch::Receiver<QuorumState>> {
         let view = self.view();
+        let trace = crate::telemetry::traceparent();
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         let mut waits = Vec::new();
         for owner in view.owners(shard).filter(|o| *o != view.me) {
             if let Some(p) = peers.get(owner)
-                && let Some(seq) = p.offer(op.clone())
+                && let Some(seq) = p.offer(op.clone(), trace.clone())
             {
                 waits.push((p.acked(), seq));
             }

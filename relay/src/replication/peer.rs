@@ -36,7 +36,8 @@ pub struct Peer {
 }
 
 struct Queue {
-    ops: VecDeque<(u64, Instant, PbOp)>,
+    /// (sequence number, queued at, op, traceparent of the write or "").
+    ops: VecDeque<(u64, Instant, PbOp, String)>,
     next_seq: u64,
 }
 
@@ -82,7 +83,7 @@ impl Peer {
     /// Queues `op` without waiting; returns its sequence number, or `None` when
     /// the queue is full (the op is dropped for this peer and anti-entropy will
     /// deliver it).
-    pub fn offer(&self, op: PbOp) -> Option<u64> {
+    pub fn offer(&self, op: PbOp, trace: String) -> Option<u64> {
         let mut q = self.lock();
         if q.ops.len() >= self.cap {
             drop(q);
@@ -92,7 +93,7 @@ impl Peer {
         }
         let seq = q.next_seq;
         q.next_seq += 1;
-        q.ops.push_back((seq, Instant::now(), op));
+        q.ops.push_back((seq, Instant::now(), op, trace));
         drop(q);
         self.wake.notify_one();
         Some(seq)
@@ -108,7 +109,7 @@ impl Peer {
                 if q.ops.len() < self.cap {
                     let seq = q.next_seq;
                     q.next_seq += 1;
-                    q.ops.push_back((seq, Instant::now(), op.take().expect("sent once")));
+                    q.ops.push_back((seq, Instant::now(), op.take().expect("sent once"), String::new()));
                     drop(q);
                     self.wake.notify_one();
                     return;
@@ -141,7 +142,7 @@ impl Peer {
             addr: self.addr.clone(),
             connected: self.is_connected(),
             pending_ops: q.ops.len(),
-            lag_seconds: q.ops.front().map_or(0.0, |(_, t, _)| t.elapsed().as_secs_f64()),
+            lag_seconds: q.ops.front().map_or(0.0, |(_, t, _, _)| t.elapsed().as_secs_f64()),
             dropped_ops: self.dropped.load(Ordering::Relaxed),
         }
     }
@@ -173,10 +174,13 @@ impl Peer {
         loop {
             let batch = {
                 let q = self.lock();
-                let start = q.ops.partition_point(|(s, _, _)| *s <= sent_upto);
-                let ops: Vec<PbOp> = q.ops.iter().skip(start).take(self.batch).map(|(_, _, op)| op.clone()).collect();
-                let last = q.ops.get(start + ops.len().saturating_sub(1)).map(|(s, _, _)| *s);
-                (!ops.is_empty()).then(|| ReplicateBatch { seq: last.unwrap_or(0), ops })
+                let start = q.ops.partition_point(|(s, _, _, _)| *s <= sent_upto);
+                let items = q.ops.iter().skip(start).take(self.batch);
+                let traceparent =
+                    items.clone().map(|(_, _, _, t)| t).find(|t| !t.is_empty()).cloned().unwrap_or_default();
+                let ops: Vec<PbOp> = items.map(|(_, _, op, _)| op.clone()).collect();
+                let last = q.ops.get(start + ops.len().saturating_sub(1)).map(|(s, _, _, _)| *s);
+                (!ops.is_empty()).then(|| ReplicateBatch { seq: last.unwrap_or(0), ops, traceparent })
             };
             let wake = self.wake.notified();
             tokio::select! {
@@ -190,7 +194,7 @@ impl Peer {
                 reply = replies.message() => match reply? {
                     Some(ack) => {
                         let mut q = self.lock();
-                        while q.ops.front().is_some_and(|(s, _, _)| *s <= ack.durable_seq) {
+                        while q.ops.front().is_some_and(|(s, _, _, _)| *s <= ack.durable_seq) {
                             q.ops.pop_front();
                         }
                         drop(q);

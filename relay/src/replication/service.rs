@@ -77,6 +77,12 @@ impl MeshRpc for MeshService {
                         return;
                     }
                 };
+                let span = crate::telemetry::enabled().then(|| {
+                    let span = tracing::info_span!("replica.apply", %peer, ops = batch.ops.len());
+                    crate::telemetry::set_parent(&span, &batch.traceparent);
+                    span
+                });
+                let entered = span.as_ref().map(|s| s.enter());
                 let mut need = 0;
                 let mut error = None;
                 for op in batch.ops {
@@ -88,6 +94,7 @@ impl MeshRpc for MeshService {
                         }
                     }
                 }
+                drop(entered);
                 if let Some(e) = error {
                     break e;
                 }
@@ -107,7 +114,13 @@ impl MeshRpc for MeshService {
     }
 
     async fn shard_digest(&self, req: Request<ShardDigestRequest>) -> Result<Response<ShardDigestReply>, Status> {
-        self.auth.check(&req)?;
+        let peer = self.auth.check(&req)?;
+        let span = crate::telemetry::enabled().then(|| {
+            let span = tracing::info_span!("anti_entropy.digest", %peer, shard = req.get_ref().shard);
+            crate::telemetry::set_parent(&span, &crate::telemetry::extract(&req));
+            span
+        });
+        let _entered = span.as_ref().map(|s| s.enter());
         let req = req.into_inner();
         let shards = self.shards()?;
         if req.shards != shards {
@@ -230,11 +243,18 @@ impl EdgeSession {
                         }
                         edge_request::Kind::Write(w) => {
                             let id = w.id;
+                            let span = crate::telemetry::enabled().then(|| {
+                                let span = tracing::info_span!("owner.apply", %edge);
+                                crate::telemetry::set_parent(&span, &w.traceparent);
+                                span
+                            });
+                            let entered = span.as_ref().map(|s| s.enter());
                             let applied = w
                                 .op
                                 .ok_or_else(|| Status::invalid_argument("write without op"))
                                 .and_then(from_pb)
                                 .and_then(|op| self.relay.apply(op, true).map_err(unavailable));
+                            drop(entered);
                             self.relay.metrics().mesh_ops.with_label_values(&["forwarded"]).inc();
                             match applied {
                                 Ok(a) => acks.push(wait_acked(self.relay.clone(), id, a)),

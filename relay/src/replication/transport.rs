@@ -94,13 +94,15 @@ impl MeshTransport {
         Ok(MeshClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES))
     }
 
-    /// Wraps `inner` in a request carrying this member's name and the token.
+    /// Wraps `inner` in a request carrying this member's name, the token and
+    /// the current trace context.
     pub fn request<T>(&self, inner: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(inner);
         req.metadata_mut().insert(MEMBER_HEADER, self.me.clone());
         if let Some(b) = &self.bearer {
             req.metadata_mut().insert("authorization", b.clone());
         }
+        crate::telemetry::inject(&mut req);
         req
     }
 }

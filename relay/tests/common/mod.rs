@@ -40,6 +40,18 @@ impl Relay {
     /// `mesh_port` (see [`free_port`]), the given `NAME=HOST:PORT` peers and
     /// extra flags (plaintext mesh).
     pub fn start_member(name: &str, mesh_port: u16, peers: &[String], data_dir: &Path, extra: &[&str]) -> Relay {
+        Self::start_member_with_env(name, mesh_port, peers, data_dir, extra, &[])
+    }
+
+    /// [`Relay::start_member`] with extra environment variables.
+    pub fn start_member_with_env(
+        name: &str,
+        mesh_port: u16,
+        peers: &[String],
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Relay {
         let mut args: Vec<String> = vec![
             "--name".into(),
             name.into(),
@@ -53,11 +65,12 @@ impl Relay {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Self::spawn("run", data_dir, &args).unwrap_or_else(|e| panic!("relay {name} did not start: {e}"))
+        Self::spawn_in(None, "run", "127.0.0.1:0", data_dir, &args, env)
+            .unwrap_or_else(|e| panic!("relay {name} did not start: {e}"))
     }
 
     fn spawn(mode: &str, data_dir: &Path, extra: &[&str]) -> Result<Relay, String> {
-        Self::spawn_in(None, mode, "127.0.0.1:0", data_dir, extra)
+        Self::spawn_in(None, mode, "127.0.0.1:0", data_dir, extra, &[])
     }
 
     /// Starts `aether-relay MODE --listen LISTEN --data-dir DIR EXTRA...`,
@@ -68,6 +81,7 @@ impl Relay {
         listen: &str,
         data_dir: &Path,
         extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Relay, String> {
         let bin = env!("CARGO_BIN_EXE_aether-relay");
         let mut cmd = match netns {
@@ -84,6 +98,7 @@ impl Relay {
             .arg(data_dir)
             .args(extra)
             .env("AETHER_LOG", std::env::var("AETHER_LOG").unwrap_or_else(|_| "warn".into()))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
