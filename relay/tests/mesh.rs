@@ -319,3 +319,80 @@ async fn writes_through_every_relay_while_an_owner_is_down() {
     mesh.restart(3);
     mesh.converged(std::slice::from_ref(&space), 3, DEADLINE).await;
 }
+
+/// A CA and a certificate it signs for 127.0.0.1, written as PEM files.
+fn pki(dir: &std::path::Path, ca_name: &str) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join(format!("{ca_name}.pem")), ca.pem()).unwrap();
+    rcgen::Issuer::new(params, key)
+}
+
+fn leaf(dir: &std::path::Path, name: &str, ca: &rcgen::Issuer<'static, rcgen::KeyPair>) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().signed_by(&key, ca).unwrap();
+    let (c, k) = (dir.join(format!("{name}.crt")), dir.join(format!("{name}.key")));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, key.serialize_pem()).unwrap();
+    (c.to_str().unwrap().to_string(), k.to_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_replicate_over_mutual_tls_and_refuse_a_foreign_ca() {
+    let pkidir = tempdir();
+    let ca = pki(pkidir.path(), "ca");
+    let other_ca = pki(pkidir.path(), "other-ca");
+    let ca_path = pkidir.path().join("ca.pem");
+    let ports = [free_port(), free_port(), free_port()];
+    let dirs = [tempdir(), tempdir(), tempdir()];
+    let start = |i: usize, issuer: &rcgen::Issuer<'static, rcgen::KeyPair>| {
+        let (cert, key) = leaf(pkidir.path(), &format!("r{}", i + 1), issuer);
+        let mut args: Vec<String> = vec!["--name".into(), format!("r{}", i + 1), "--mesh-listen".into()];
+        args.push(format!("127.0.0.1:{}", ports[i]));
+        for j in (0..3).filter(|&j| j != i) {
+            args.push("--peer".into());
+            args.push(format!("r{}=127.0.0.1:{}", j + 1, ports[j]));
+        }
+        for (flag, v) in [("--mesh-tls-cert", &cert), ("--mesh-tls-key", &key)] {
+            args.push(flag.into());
+            args.push(v.clone());
+        }
+        args.extend(["--mesh-tls-ca".into(), ca_path.to_str().unwrap().into(), "--replication".into(), "3".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Relay::spawn_in(None, "run", "127.0.0.1:0", dirs[i].path(), &args, &[]).expect("relay starts")
+    };
+    let r1 = start(0, &ca);
+    let r2 = start(1, &ca);
+    // r3's certificate is signed by a CA the others do not trust.
+    let r3 = start(2, &other_ca);
+    let (mut w, _, _) = Client::join(&r1.ws_url("space=secure")).await;
+    w.send(json!({"type": "set", "key": "k", "value": "v"})).await;
+    assert_eq!(recv_set(&mut w, "k").await, json!("v"));
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let (_, a) = r1.http_get("/v1/admin/spaces").await;
+        let (_, b) = r2.http_get("/v1/admin/spaces").await;
+        if a == b && a.contains("secure") {
+            break;
+        }
+        assert!(Instant::now() < until, "r2 never got the write over mTLS: {a} vs {b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, shards) = r1.http_get("/v1/admin/shards").await;
+    let shards: Value = serde_json::from_str(&shards).unwrap();
+    let connected: BTreeMap<String, bool> = shards["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p["connected"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(connected, BTreeMap::from([("r2".to_string(), true), ("r3".to_string(), false)]));
+    let (_, spaces) = r3.http_get("/v1/admin/spaces").await;
+    assert!(!spaces.contains("secure"), "the relay with a foreign certificate got data: {spaces}");
+    // Without TLS and without --mesh-plaintext, a relay refuses to start.
+    let err = Relay::spawn_in(None, "run", "127.0.0.1:0", tempdir().path(), &["--name", "r9"], &[]).err().unwrap();
+    assert!(err.contains("--mesh-plaintext"), "{err}");
+}

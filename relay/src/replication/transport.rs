@@ -133,3 +133,25 @@ impl MeshAuth {
         crate::config::parse_member_name(member).map_err(tonic::Status::invalid_argument)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_and_member_name_are_checked() {
+        let auth = MeshAuth::new(Some("s3cret"));
+        let good = MeshTransport::new("r1", Some("s3cret"), None).unwrap();
+        let bad = MeshTransport::new("r1", Some("guess"), None).unwrap();
+        let none = MeshTransport::new("r1", None, None).unwrap();
+        assert_eq!(auth.check(&good.request(())).unwrap(), "r1");
+        for req in [bad.request(()), none.request(())] {
+            assert_eq!(auth.check(&req).unwrap_err().code(), tonic::Code::Unauthenticated);
+        }
+        // Without a token configured, any caller with a valid member name is accepted.
+        assert!(MeshAuth::new(None).check(&none.request(())).is_ok());
+        let mut nameless = tonic::Request::new(());
+        nameless.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
+        assert_eq!(auth.check(&nameless).unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+}
