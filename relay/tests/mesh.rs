@@ -58,18 +58,9 @@ impl Mesh {
 
     /// space → (role, digest) on relay `i`.
     async fn spaces(&self, i: usize) -> BTreeMap<String, (String, String)> {
-        let (status, body) = self.relay(i).http_get("/v1/admin/spaces").await;
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        v["spaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                let name = s["space"].as_str().unwrap().to_string();
-                (name, (s["role"].as_str().unwrap().to_string(), s["digest"].as_str().unwrap().to_string()))
-            })
-            .collect()
+        let rows = self.relay(i).admin_spaces().await;
+        let field = |v: &Value, f: &str| v[f].as_str().unwrap().to_string();
+        rows.into_iter().map(|(name, v)| (name, (field(&v, "role"), field(&v, "digest")))).collect()
     }
 
     /// Waits until, for each of `spaces`, every relay that owns it holds the

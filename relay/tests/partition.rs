@@ -92,15 +92,7 @@ impl Drop for Net {
 }
 
 async fn digests(r: &Relay) -> BTreeMap<String, String> {
-    let (status, body) = r.http_get("/v1/admin/spaces").await;
-    assert_eq!(status, 200, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    v["spaces"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| (s["space"].as_str().unwrap().into(), s["digest"].as_str().unwrap().into()))
-        .collect()
+    r.admin_spaces().await.into_iter().map(|(name, v)| (name, v["digest"].as_str().unwrap().to_string())).collect()
 }
 
 /// Writes `key=value` and waits for the echo.

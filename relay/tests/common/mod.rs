@@ -155,6 +155,15 @@ impl Relay {
         self.child.wait().expect("wait for relay")
     }
 
+    /// `GET /v1/admin/spaces`: space name → its JSON row (role, shard, entries, digest).
+    pub async fn admin_spaces(&self) -> std::collections::BTreeMap<String, Value> {
+        let (status, body) = self.http_get("/v1/admin/spaces").await;
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("admin JSON");
+        let rows = v["spaces"].as_array().expect("spaces array");
+        rows.iter().map(|s| (s["space"].as_str().expect("name").to_string(), s.clone())).collect()
+    }
+
     /// GET a path over plain HTTP/1.1, returning (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
