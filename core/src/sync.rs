@@ -109,13 +109,13 @@ pub fn diff_spaces(local: &[(String, Digest)], remote: &[(String, Digest)]) -> V
 
 /// One page of the entries of `space` in the `wanted` buckets (all buckets
 /// when `wanted` is `None`), sorted by key, starting after `after` (exclusive;
-/// empty for the first page), at most `limit` (≥ 1) of them. Returns the page
-/// and whether more entries follow.
+/// `None` for the first page — the empty key is a valid key), at most `limit`
+/// (≥ 1) of them. Returns the page and whether more entries follow.
 pub fn entries_page(
     space: &Space,
     buckets: u32,
     wanted: Option<&[u32]>,
-    after: &[u8],
+    after: Option<&[u8]>,
     limit: usize,
 ) -> (Vec<(Key, Entry)>, bool) {
     let mut want = vec![wanted.is_none(); buckets.max(1) as usize];
@@ -126,7 +126,7 @@ pub fn entries_page(
     }
     let mut keys: Vec<(&Key, &Entry)> = space
         .iter()
-        .filter(|(k, _)| (after.is_empty() || k.as_bytes() > after) && want[bucket_of(k, buckets) as usize])
+        .filter(|(k, _)| after.is_none_or(|a| k.as_bytes() > a) && want[bucket_of(k, buckets) as usize])
         .collect();
     let limit = limit.max(1);
     let more = keys.len() > limit;
@@ -184,13 +184,13 @@ mod tests {
         let s = space(1000, 1);
         let wanted = [3u32, 9, 60];
         let mut got = Vec::new();
-        let mut after = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
         loop {
-            let (page, more) = entries_page(&s, 64, Some(&wanted), &after, 7);
+            let (page, more) = entries_page(&s, 64, Some(&wanted), after.as_deref(), 7);
             assert!(page.len() <= 7);
             assert!(page.windows(2).all(|w| w[0].0.as_bytes() < w[1].0.as_bytes()));
             if let Some((k, _)) = page.last() {
-                after = k.as_bytes().to_vec();
+                after = Some(k.as_bytes().to_vec());
             }
             got.extend(page);
             if !more {
@@ -200,8 +200,16 @@ mod tests {
         let expected: Vec<_> = s.iter().filter(|(k, _)| wanted.contains(&bucket_of(k, 64))).collect();
         assert_eq!(got.len(), expected.len());
         assert!(got.iter().all(|(k, e)| s.get(k) == Some(e)));
-        let (all, more) = entries_page(&s, 64, None, b"", 5000);
+        let (all, more) = entries_page(&s, 64, None, None, 5000);
         assert_eq!((all.len(), more), (1000, false));
+        // The empty key is a key like any other: a page ending on it moves on.
+        let mut e = Space::new();
+        e.merge(b"", Some(b"v"), st(1));
+        e.merge(b"a", Some(b"v"), st(2));
+        let (first, more) = entries_page(&e, 8, None, None, 1);
+        assert_eq!((first[0].0.as_bytes(), more), (&b""[..], true));
+        let (second, more) = entries_page(&e, 8, None, Some(b""), 1);
+        assert_eq!((second[0].0.as_bytes(), more), (&b"a"[..], false));
     }
 
     #[test]
@@ -227,8 +235,8 @@ mod tests {
             b.merge(format!("k{}", i * 7).as_bytes(), None, st(900 + i));
         }
         let diff = diff_buckets(&bucket_digests(&a, 64), &bucket_digests(&b, 64));
-        let (from_b, _) = entries_page(&b, 64, Some(&diff), b"", usize::MAX);
-        let (from_a, _) = entries_page(&a, 64, Some(&diff), b"", usize::MAX);
+        let (from_b, _) = entries_page(&b, 64, Some(&diff), None, usize::MAX);
+        let (from_a, _) = entries_page(&a, 64, Some(&diff), None, usize::MAX);
         for (k, e) in from_b {
             a.merge_owned(k, e.value, e.stamp);
         }

@@ -83,7 +83,7 @@ enum Msg {
     FetchReq {
         space: String,
         wanted: Option<Vec<u32>>,
-        after: Vec<u8>,
+        after: Option<Vec<u8>>,
     },
     FetchReply {
         space: String,
@@ -261,7 +261,7 @@ impl Sim {
             .collect()
     }
 
-    fn page(&self, at: usize, space: &str, wanted: Option<&[u32]>, after: &[u8]) -> (Vec<SimOp>, bool) {
+    fn page(&self, at: usize, space: &str, wanted: Option<&[u32]>, after: Option<&[u8]>) -> (Vec<SimOp>, bool) {
         let Some(s) = self.nodes[at].spaces.get(space) else { return (Vec::new(), false) };
         let (entries, more) = entries_page(s, self.p.buckets, wanted, after, self.p.page);
         let ops = entries
@@ -273,11 +273,11 @@ impl Sim {
 
     /// Pushes every page of `space`'s entries in `wanted` buckets to `to`.
     fn push_all(&mut self, at: usize, to: usize, space: &str, wanted: Option<&[u32]>) {
-        let mut after = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
         loop {
-            let (ops, more) = self.page(at, space, wanted, &after);
+            let (ops, more) = self.page(at, space, wanted, after.as_deref());
             if let Some(last) = ops.last() {
-                after = last.key.as_bytes().to_vec();
+                after = Some(last.key.as_bytes().to_vec());
             }
             self.send(at, to, Msg::Replicate { ops, write: None });
             if !more {
@@ -332,7 +332,7 @@ impl Sim {
                     match d {
                         SpaceDiff::LocalOnly(space) => self.push_all(to, from, &space, None),
                         SpaceDiff::RemoteOnly(space) => {
-                            self.send(to, from, Msg::FetchReq { space, wanted: None, after: Vec::new() })
+                            self.send(to, from, Msg::FetchReq { space, wanted: None, after: None })
                         }
                         SpaceDiff::Differs(space) => self.send(to, from, Msg::BucketsReq { space }),
                     }
@@ -349,11 +349,11 @@ impl Sim {
                 let wanted = diff_buckets(&local, &digests);
                 if !wanted.is_empty() {
                     self.push_all(to, from, &space, Some(&wanted));
-                    self.send(to, from, Msg::FetchReq { space, wanted: Some(wanted), after: Vec::new() });
+                    self.send(to, from, Msg::FetchReq { space, wanted: Some(wanted), after: None });
                 }
             }
             Msg::FetchReq { space, wanted, after } => {
-                let (ops, more) = self.page(to, &space, wanted.as_deref(), &after);
+                let (ops, more) = self.page(to, &space, wanted.as_deref(), after.as_deref());
                 self.send(to, from, Msg::FetchReply { space, wanted, ops, more });
             }
             Msg::FetchReply { space, wanted, ops, more } => {
@@ -361,7 +361,7 @@ impl Sim {
                     self.apply(to, op);
                 }
                 if more && let Some(last) = ops.last() {
-                    let after = last.key.as_bytes().to_vec();
+                    let after = Some(last.key.as_bytes().to_vec());
                     self.send(to, from, Msg::FetchReq { space, wanted, after });
                 }
             }

@@ -218,13 +218,13 @@ pub struct LimitArgs {
     #[arg(long, env = "AETHER_LIMIT_MESSAGE_BYTES", default_value_t = 64 * 1024)]
     pub limit_message_bytes: usize,
     /// Largest key, in UTF-8 bytes.
-    #[arg(long, env = "AETHER_LIMIT_KEY_BYTES", default_value_t = 256)]
+    #[arg(long, env = "AETHER_LIMIT_KEY_BYTES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=4096).map(|v| v as usize))]
     pub limit_key_bytes: usize,
     /// Largest value, in bytes of its JSON text.
     #[arg(long, env = "AETHER_LIMIT_VALUE_BYTES", default_value_t = 32 * 1024)]
     pub limit_value_bytes: usize,
     /// Largest space name, in UTF-8 bytes.
-    #[arg(long, env = "AETHER_LIMIT_SPACE_BYTES", default_value_t = 256)]
+    #[arg(long, env = "AETHER_LIMIT_SPACE_BYTES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1024).map(|v| v as usize))]
     pub limit_space_bytes: usize,
     /// Open WebSocket connections in total; above: close 1013.
     #[arg(long, env = "AETHER_LIMIT_CONNS", default_value_t = 256)]
@@ -314,6 +314,9 @@ mod tests {
             ["--limit-msgs-per-sec", "NaN"],
             ["--limit-send-queue", "0"],
             ["--limit-frame-bytes", "12"],
+            // Peers refuse longer keys and space names (see replication::from_pb).
+            ["--limit-key-bytes", "5000"],
+            ["--limit-space-bytes", "2000"],
         ] {
             assert!(Cli::try_parse_from(["aether-relay", "dev", bad[0], bad[1]]).is_err(), "{bad:?} accepted");
         }

@@ -219,8 +219,9 @@ impl Relay {
         if !spaces.get(hub.name()).is_some_and(|h| Arc::ptr_eq(h, hub)) {
             return;
         }
-        let inner = hub.lock();
+        let mut inner = hub.lock();
         if inner.subscribers.is_empty() && (hub.is_cache() || inner.space.is_empty()) {
+            inner.removed = true;
             drop(inner);
             spaces.remove(hub.name());
             self.metrics.spaces.set(spaces.len() as i64);
@@ -267,6 +268,7 @@ impl Relay {
         let _entered = span.as_ref().map(|s| s.enter());
         if hub.is_cache()
             && let Some(mesh) = &self.mesh
+            && !mesh.view().is_owner(mesh.view().shard_of(hub.name()))
         {
             let stamp = self.tick();
             let value = value.map(Bytes::copy_from_slice);
@@ -280,6 +282,7 @@ impl Relay {
             return Ok(());
         }
         let mut inner = hub.lock();
+        let promoted = self.promote_locked(hub, &mut inner)?;
         let stamp = self.tick();
         let lsn = self.wal.append(OpRef { space: hub.name(), key, value, stamp, origin: self.actor })?;
         let key = Key::from(key);
@@ -308,6 +311,9 @@ impl Relay {
             }
         }
         drop(inner);
+        if promoted {
+            self.stop_following(hub);
+        }
         self.metrics.fanout_latency.observe(fanout_started.elapsed().as_secs_f64());
         self.metrics.fanout_size.observe(delivered as f64);
         Ok(())
@@ -318,14 +324,44 @@ impl Relay {
     /// entries are not logged here), merge, fan out. With `replicate`, this
     /// relay acts as the op's owner and pushes it to the other owners.
     pub fn apply(&self, op: Op, replicate: bool) -> Result<Applied, WriteError> {
-        let hub = self.hub(&op.space, false);
-        let mut inner = hub.lock();
+        let view = self.mesh.as_ref().map(|m| m.view());
+        let owner = view.as_ref().is_none_or(|v| v.is_owner(v.shard_of(&op.space)));
+        loop {
+            let hub = self.hub(&op.space, false);
+            let done = {
+                let mut inner = hub.lock();
+                if inner.removed {
+                    // Dropped from the registry since the lookup: use the current hub.
+                    None
+                } else {
+                    Some(self.apply_locked(&hub, &mut inner, &op, owner, replicate)?)
+                }
+            };
+            if let Some((applied, promoted)) = done {
+                if promoted {
+                    self.stop_following(&hub);
+                }
+                return Ok(applied);
+            }
+        }
+    }
+
+    fn apply_locked(
+        &self,
+        hub: &SpaceHub,
+        inner: &mut crate::space::SpaceInner,
+        op: &Op,
+        owner: bool,
+        replicate: bool,
+    ) -> Result<(Applied, bool), WriteError> {
+        let promoted = owner && self.promote_locked(hub, inner)?;
         {
             let mut hlc = self.hlc.lock().unwrap_or_else(|e| e.into_inner());
             // A stamp from too far in the future is merged but does not drag this clock along.
             let _ = hlc.observe(op.stamp, now_ns());
         }
         let wins = inner.space.get(&op.key).is_none_or(|e| e.stamp < op.stamp);
+        // An edge cache's entries are not in this WAL: an op that loses to one of them is logged anyway.
         let lsn = if wins || hub.is_cache() { self.wal.append(op.as_ref())? } else { self.wal.last_lsn() };
         let quorum = if replicate {
             self.mesh.as_ref().and_then(|m| {
@@ -336,14 +372,59 @@ impl Relay {
             None
         };
         if wins {
-            let key = Key::from(op.key);
+            let key = Key::from(op.key.clone());
             inner.space.merge_owned(key.clone(), op.value.clone(), op.stamp);
-            let event = Arc::new(OpEvent::new(key, op.value, op.stamp));
+            let event = Arc::new(OpEvent::new(key, op.value.clone(), op.stamp));
             for s in &inner.subscribers {
                 s.offer(Outbound::Op(event.clone()));
             }
         }
-        Ok(Applied { lsn, quorum })
+        Ok((Applied { lsn, quorum }, promoted))
+    }
+
+    /// Turns an edge cache into logged state once this relay owns its space:
+    /// every entry is logged, so the WAL holds what anti-entropy and clients
+    /// will now be served from. Call with the hub locked; returns true when it
+    /// promoted (then call [`Relay::stop_following`] after unlocking).
+    fn promote_locked(&self, hub: &SpaceHub, inner: &mut crate::space::SpaceInner) -> Result<bool, WriteError> {
+        if !hub.is_cache() {
+            return Ok(false);
+        }
+        for (key, e) in inner.space.iter() {
+            let value = e.value.as_deref();
+            self.wal.append(OpRef { space: hub.name(), key, value, stamp: e.stamp, origin: self.actor })?;
+        }
+        hub.set_logged();
+        Ok(true)
+    }
+
+    /// Ends the edge subscription of a promoted hub (never with its lock held:
+    /// the edge state locks hubs itself).
+    fn stop_following(&self, hub: &SpaceHub) {
+        if let Some(mesh) = &self.mesh {
+            mesh.edges.unsubscribe(hub.name());
+        }
+    }
+
+    /// After a membership change: promotes the edge caches of spaces this
+    /// relay now owns (logged hubs that it no longer owns stay, as held
+    /// state that anti-entropy hands to the owners).
+    pub fn reconcile_roles(&self) {
+        let Some(mesh) = &self.mesh else { return };
+        let view = mesh.view();
+        for hub in self.hubs() {
+            if !hub.is_cache() || !view.is_owner(view.shard_of(hub.name())) {
+                continue;
+            }
+            let promoted = {
+                let mut inner = hub.lock();
+                !inner.removed && matches!(self.promote_locked(&hub, &mut inner), Ok(true))
+            };
+            if promoted {
+                tracing::info!(space = %hub.name(), "now an owner: the edge cache became logged state");
+                self.stop_following(&hub);
+            }
+        }
     }
 
     /// Logged (non-cache) spaces whose shard is `shard`, with their hubs, sorted by name.

@@ -137,6 +137,12 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
         tracing::info!(%mesh_addr, name = %m.name, shards = m.shards, replication = m.replication, write_quorum = m.write_quorum, "mesh listening");
         tokio::spawn(membership.watch_file(m.membership_poll));
         tokio::spawn(mesh.clone().follow_membership());
+        let (r, mut views) = (relay.clone(), mesh.subscribe_view());
+        tokio::spawn(async move {
+            while views.changed().await.is_ok() {
+                r.reconcile_roles();
+            }
+        });
         tokio::spawn(anti_entropy::run(relay.clone(), mesh, m.anti_entropy_interval));
     }
     if args.storage.ack == AckMode::Memory {

@@ -3,6 +3,7 @@
 //! it is the order every subscriber sees.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use aether_core::{Key, Space};
@@ -15,8 +16,10 @@ use crate::fanout::{Outbound, Subscriber};
 #[derive(Debug)]
 pub struct SpaceHub {
     name: Arc<str>,
-    /// An edge cache: state followed from an owner, never logged here.
-    cache: bool,
+    /// An edge cache: state followed from an owner, never logged here. Cleared
+    /// (under the space's lock, after logging every entry) when this relay
+    /// becomes one of the space's owners.
+    cache: AtomicBool,
     inner: Mutex<SpaceInner>,
 }
 
@@ -29,6 +32,9 @@ pub struct SpaceInner {
     pub subscribers: Vec<Subscriber>,
     /// Last presence message of each connection that sent one, by connection id.
     pub presence: HashMap<u64, Utf8Bytes>,
+    /// Set when the hub was dropped from the registry: whoever still holds it
+    /// must look the space up again.
+    pub removed: bool,
 }
 
 /// What a new subscriber starts from.
@@ -43,21 +49,30 @@ pub struct Joined {
 impl SpaceHub {
     /// A hub for `name` holding `space`; `cache` for an edge cache.
     pub fn new(name: Arc<str>, space: Space, cache: bool) -> Self {
-        Self { name, cache, inner: Mutex::new(SpaceInner { space, ..Default::default() }) }
+        Self { name, cache: AtomicBool::new(cache), inner: Mutex::new(SpaceInner { space, ..Default::default() }) }
     }
 
     /// True for an edge cache (state followed from an owner, not logged here).
     pub fn is_cache(&self) -> bool {
-        self.cache
+        self.cache.load(Ordering::Acquire)
+    }
+
+    /// Marks a cache hub as logged state (call with its lock held, after logging its entries).
+    pub fn set_logged(&self) {
+        self.cache.store(false, Ordering::Release);
     }
 
     /// Subscribes and returns every entry (tombstones and stamps included),
-    /// atomically: every op after them reaches the subscriber's queue.
-    pub fn join_entries(&self, sub: Subscriber) -> Vec<(Key, aether_core::Entry)> {
+    /// atomically: every op after them reaches the subscriber's queue. `None`
+    /// when the hub was dropped from the registry meanwhile (look it up again).
+    pub fn join_entries(&self, sub: Subscriber) -> Option<Vec<(Key, aether_core::Entry)>> {
         let mut inner = self.lock();
+        if inner.removed {
+            return None;
+        }
         let entries = inner.space.iter().map(|(k, e)| (k.clone(), e.clone())).collect();
         inner.subscribers.push(sub);
-        entries
+        Some(entries)
     }
 
     /// Removes subscriber `conn` without announcing anything.

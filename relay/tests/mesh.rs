@@ -387,3 +387,41 @@ async fn relays_replicate_over_mutual_tls_and_refuse_a_foreign_ca() {
     let err = Relay::spawn_in(None, "run", "127.0.0.1:0", tempdir().path(), &["--name", "r9"], &[]).err().unwrap();
     assert!(err.contains("--mesh-plaintext"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_that_becomes_the_owner_logs_what_it_serves() {
+    let dir = tempdir();
+    let file = dir.path().join("members");
+    let ports = [free_port(), free_port()];
+    let line = |i: usize| format!("r{}=127.0.0.1:{}\n", i + 1, ports[i]);
+    std::fs::write(&file, format!("{}{}", line(0), line(1))).unwrap();
+    let extra = ["--shards", "8", "--replication", "1", "--membership-file", file.to_str().unwrap()];
+    let extra = [&extra[..], &["--membership-poll", "100ms"]].concat();
+    let dirs = [tempdir(), tempdir()];
+    let mut r1 = Relay::start_member("r1", ports[0], &[], dirs[0].path(), &extra);
+    let _r2 = Relay::start_member("r2", ports[1], &[], dirs[1].path(), &extra);
+    // A space owned by r2 alone: r1 serves it as an edge.
+    let space = (0..)
+        .map(|i| format!("moving-{i}"))
+        .find(|s| aether_core::placement::owners(aether_core::placement::shard_of(s, 8), &["r1", "r2"], 1) == ["r2"])
+        .unwrap();
+    let (mut c, _, _) = Client::join(&r1.ws_url(&format!("space={space}"))).await;
+    c.send(json!({"type": "set", "key": "before", "value": 1})).await;
+    assert_eq!(recv_set(&mut c, "before").await, json!(1));
+    assert_eq!(r1.admin_spaces().await[&space]["role"], "edge");
+    // r2 leaves the membership: r1 owns everything now, and its cache becomes logged state.
+    std::fs::write(&file, line(0)).unwrap();
+    let until = Instant::now() + DEADLINE;
+    while r1.admin_spaces().await[&space]["role"] != "owner" {
+        assert!(Instant::now() < until, "r1 never took the space over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.send(json!({"type": "set", "key": "after", "value": 2})).await;
+    assert_eq!(recv_set(&mut c, "after").await, json!(2));
+    drop(c);
+    // Both writes are in r1's own ledger: they survive a SIGKILL and restart.
+    r1.kill();
+    let r1 = Relay::start_member("r1", ports[0], &[], dirs[0].path(), &extra);
+    let (_, _, snap) = Client::join(&r1.ws_url(&format!("space={space}"))).await;
+    assert_eq!(snap, json!({"before": 1, "after": 2}));
+}

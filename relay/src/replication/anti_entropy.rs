@@ -31,6 +31,9 @@ use crate::node::Relay;
 
 /// How often peers marked for repair are looked at.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// A push that finds the peer's queue full for this long gives up (the peer
+/// is stalled or gone); the next pass tries again.
+const PUSH_STALL: Duration = Duration::from_secs(10);
 
 /// What one session moved.
 #[derive(Debug, Default, Clone, Copy)]
@@ -75,8 +78,13 @@ pub async fn pass(relay: &Arc<Relay>, mesh: &Arc<Mesh>, only: Option<&str>) -> S
         }
     }
     let mut total = SessionStats::default();
+    // Peers found unreachable in this pass are not tried again for every shard.
+    let mut unreachable: BTreeSet<String> = BTreeSet::new();
     for shard in shards {
         for owner in view.owners(shard).filter(|o| *o != view.me && only.is_none_or(|x| x == *o)) {
+            if unreachable.contains(owner) {
+                continue;
+            }
             let Some(peer) = mesh.peer(owner) else { continue };
             let span = if crate::telemetry::enabled() {
                 tracing::info_span!("anti_entropy.session", peer = owner, shard)
@@ -91,9 +99,9 @@ pub async fn pass(relay: &Arc<Relay>, mesh: &Arc<Mesh>, only: Option<&str>) -> S
                 Err(e) => {
                     relay.metrics().anti_entropy.with_label_values(&["failed"]).inc();
                     tracing::debug!(peer = owner, shard, error = %e, "anti-entropy session failed");
-                    // The peer is unreachable: its other shards would fail the same way.
+                    // Unreachable: its other shards would fail the same way; the other owners still sync.
                     if e.code() == tonic::Code::Unavailable {
-                        break;
+                        unreachable.insert(owner.to_owned());
                     }
                 }
             }
@@ -173,19 +181,23 @@ async fn fetch(
     space: &str,
     wanted: Option<&[u32]>,
 ) -> Result<u64, Status> {
-    let mut after = bytes::Bytes::new();
+    let mut after: Option<bytes::Bytes> = None;
     let mut n = 0;
     loop {
         let req = FetchEntriesRequest {
             space: space.to_owned(),
             buckets: DEFAULT_BUCKETS,
             wanted: wanted.map(|w| w.to_vec()).unwrap_or_default(),
-            after_key: after.clone(),
+            has_after: after.is_some(),
+            after_key: after.clone().unwrap_or_default(),
             limit: mesh.batch as u32,
         };
         let reply = client.fetch_entries(mesh.transport().request(req)).await?.into_inner();
-        if let Some(last) = reply.ops.last() {
-            after = last.key.clone();
+        match reply.ops.last() {
+            Some(last) => after = Some(last.key.clone()),
+            // A peer that says "more" but sends nothing would keep this loop going forever.
+            None if reply.more => return Err(Status::data_loss("a page with no entries claims more follow")),
+            None => {}
         }
         for op in reply.ops {
             relay.apply(from_pb(op)?, false).map_err(|e| Status::unavailable(e.to_string()))?;
@@ -202,15 +214,19 @@ async fn fetch(
 async fn push(relay: &Arc<Relay>, peer: &Peer, space: &str, wanted: Option<&[u32]>, batch: usize) -> u64 {
     let Some(hub) = relay.logged_hub(space) else { return 0 };
     let origin = relay.actor();
-    let mut after: Vec<u8> = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
     let mut n = 0;
     loop {
-        let (page, more) = entries_page(&hub.lock().space, DEFAULT_BUCKETS, wanted, &after, batch);
+        let (page, more) = entries_page(&hub.lock().space, DEFAULT_BUCKETS, wanted, after.as_deref(), batch);
         if let Some((k, _)) = page.last() {
-            after = k.as_bytes().to_vec();
+            after = Some(k.as_bytes().to_vec());
         }
         for (k, e) in &page {
-            peer.send(to_pb(space, k, e.value.as_ref(), e.stamp, origin)).await;
+            let op = to_pb(space, k, e.value.as_ref(), e.stamp, origin);
+            if tokio::time::timeout(PUSH_STALL, peer.send(op)).await.is_err() {
+                tracing::debug!(peer = %peer.name, space, "anti-entropy push stalled; retrying next pass");
+                return n;
+            }
             n += 1;
         }
         if !more {

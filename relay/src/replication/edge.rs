@@ -48,6 +48,8 @@ struct State {
     /// Stamp of each pending write → its writer's connection (not sent the op twice).
     by_stamp: HashMap<Stamp, u64>,
     next_id: u64,
+    /// Link openings, counted over all links, so a replaced link never reuses an epoch.
+    next_epoch: u64,
 }
 
 struct Link {
@@ -127,6 +129,8 @@ impl Edges {
     }
 
     /// Stops following `space`.
+    /// Writes still waiting for the owner's acknowledgement fail (their
+    /// writers get an `error`): nothing would resend them any more.
     pub fn unsubscribe(&self, space: &str) {
         let mut st = self.lock();
         if let Some(s) = st.spaces.remove(space)
@@ -134,6 +138,14 @@ impl Edges {
         {
             let req = EdgeRequest { kind: Some(edge_request::Kind::Unsubscribe(space.to_owned())) };
             st.send(&owner, req);
+        }
+        let orphans: Vec<u64> = st.pending.iter().filter(|(_, w)| &*w.space == space).map(|(id, _)| *id).collect();
+        for id in orphans {
+            if let Some(w) = st.pending.remove(&id) {
+                st.by_stamp.remove(&w.stamp);
+                let msg = "the relay stopped following this space before its owner confirmed the write";
+                w.writer.offer(Outbound::Text(json_wire::encode_error("write-failed", msg)));
+            }
         }
     }
 
@@ -191,13 +203,26 @@ impl Edges {
                 wanted.insert(o.to_owned(), view.members[o].clone());
             }
         }
+        let mut dropped = Vec::new();
         st.links.retain(|name, link| {
             let keep = wanted.get(name).is_some_and(|a| *a == link.addr);
             if !keep {
                 link.task.abort();
+                dropped.push(name.clone());
             }
             keep
         });
+        // Whatever went over a dropped link is routed (and sent) again below.
+        for s in st.spaces.values_mut() {
+            if s.upstream.as_ref().is_some_and(|(o, _)| dropped.contains(o)) {
+                s.upstream = None;
+            }
+        }
+        for w in st.pending.values_mut() {
+            if w.sent_on.as_ref().is_some_and(|(o, _)| dropped.contains(o)) {
+                w.sent_on = None;
+            }
+        }
         for (name, addr) in wanted {
             if let std::collections::hash_map::Entry::Vacant(e) = st.links.entry(name) {
                 let task = tokio::spawn(self.clone().run_link(e.key().clone(), addr.clone()));
@@ -272,7 +297,8 @@ impl Edges {
             edge_event::Kind::Error(err) => {
                 if let Some(w) = st.pending.remove(&err.id) {
                     st.by_stamp.remove(&w.stamp);
-                    w.writer.offer(Outbound::Text(json_wire::encode_error("write-failed", &err.message)));
+                    let code = if err.code.is_empty() { "write-failed" } else { err.code.as_str() };
+                    w.writer.offer(Outbound::Text(json_wire::encode_error(code, &err.message)));
                 }
             }
         }
@@ -282,6 +308,10 @@ impl Edges {
     /// except to the writer of a pending forwarded write (it gets the echo).
     fn merge(&self, st: &State, hub: &SpaceHub, ops: Vec<PbOp>) {
         let mut inner = hub.lock();
+        // Promoted to logged state (this relay became an owner): ops come by replication now.
+        if !hub.is_cache() || inner.removed {
+            return;
+        }
         for op in ops {
             let Ok(op) = super::from_pb(op) else { continue };
             let (key, value) = (Key::from(op.key), op.value);
@@ -298,8 +328,10 @@ impl Edges {
 
     fn link_up(self: &Arc<Self>, owner: &str, tx: mpsc::UnboundedSender<EdgeRequest>, view: &View) {
         let mut st = self.lock();
+        st.next_epoch += 1;
+        let epoch = st.next_epoch;
         if let Some(link) = st.links.get_mut(owner) {
-            link.epoch += 1;
+            link.epoch = epoch;
             link.tx = Some(tx);
         }
         // Spaces already routed to this owner subscribe again on the new stream.

@@ -88,6 +88,11 @@ impl Mesh {
         self.view.borrow().clone()
     }
 
+    /// A receiver of membership views (for tasks that follow changes).
+    pub fn subscribe_view(&self) -> watch::Receiver<Arc<View>> {
+        self.view.clone()
+    }
+
     /// The transport for calls to peers.
     pub fn transport(&self) -> &MeshTransport {
         &self.transport

@@ -86,10 +86,20 @@ impl MeshRpc for MeshService {
                 let mut need = 0;
                 let mut error = None;
                 for op in batch.ops {
-                    match from_pb(op).and_then(|op| relay.apply(op, false).map_err(unavailable)) {
+                    let op = match from_pb(op) {
+                        Ok(op) => op,
+                        Err(e) => {
+                            // Refusing the batch would stall this peer's stream forever (it
+                            // resends it): skip the op, count it, say so.
+                            relay.metrics().mesh_ops.with_label_values(&["invalid"]).inc();
+                            tracing::warn!(%peer, error = %e.message(), "skipping an invalid replicated op");
+                            continue;
+                        }
+                    };
+                    match relay.apply(op, false) {
                         Ok(Applied { lsn, .. }) => need = need.max(lsn),
                         Err(e) => {
-                            error = Some(e);
+                            error = Some(unavailable(e));
                             break;
                         }
                     }
@@ -171,7 +181,8 @@ impl MeshRpc for MeshService {
         };
         let limit = (req.limit as usize).clamp(1, self.batch);
         let wanted = (!req.wanted.is_empty()).then_some(req.wanted.as_slice());
-        let (entries, more) = sync::entries_page(&hub.lock().space, req.buckets, wanted, &req.after_key, limit);
+        let after = req.has_after.then_some(&req.after_key[..]);
+        let (entries, more) = sync::entries_page(&hub.lock().space, req.buckets, wanted, after, limit);
         let origin = self.relay.actor();
         let ops = entries.iter().map(|(k, e)| to_pb(&req.space, k, e.value.as_ref(), e.stamp, origin)).collect();
         Ok(Response::new(FetchEntriesReply { ops, more }))
@@ -259,7 +270,7 @@ impl EdgeSession {
                             match applied {
                                 Ok(a) => acks.push(wait_acked(self.relay.clone(), id, a)),
                                 Err(e) => {
-                                    let err = WriteError { id, message: e.message().to_owned() };
+                                    let err = WriteError { id, message: e.message().to_owned(), code: "unavailable".into() };
                                     if self.tx.send(Ok(event(edge_event::Kind::Error(err)))).await.is_err() {
                                         break;
                                     }
@@ -271,7 +282,7 @@ impl EdgeSession {
                 Some((id, result)) = acks.next(), if !acks.is_empty() => {
                     let kind = match result {
                         Ok(()) => edge_event::Kind::Acks(WriteAcks { ids: vec![id] }),
-                        Err(message) => edge_event::Kind::Error(WriteError { id, message }),
+                        Err((code, message)) => edge_event::Kind::Error(WriteError { id, message, code: code.into() }),
                     };
                     if self.tx.send(Ok(event(kind))).await.is_err() {
                         break;
@@ -287,11 +298,16 @@ impl EdgeSession {
 
     /// Subscribes the edge to `space`: its entries in pages, then live ops.
     async fn subscribe(&self, space: &str, subs: &mut HashMap<String, EdgeSub>) -> bool {
-        let hub = self.relay.owner_hub(space);
         let (sub, mut rx) = Subscriber::new(self.relay.next_conn_id(), self.queue);
         let conn = sub.conn;
         let kill = sub.kill().clone();
-        let entries = hub.join_entries(sub);
+        // A hub dropped from the registry between lookup and join is looked up again.
+        let (hub, entries) = loop {
+            let hub = self.relay.owner_hub(space);
+            if let Some(entries) = hub.join_entries(sub.clone()) {
+                break (hub, entries);
+            }
+        };
         let origin = self.relay.actor();
         let mut pages = entries.chunks(self.batch).peekable();
         if pages.peek().is_none() {
@@ -348,16 +364,21 @@ fn event(kind: edge_event::Kind) -> EdgeEvent {
 }
 
 /// Resolves when a forwarded write is durable here and at the write quorum.
-async fn wait_acked(relay: Arc<Relay>, id: u64, applied: Applied) -> (u64, Result<(), String>) {
+/// On failure: the client-facing error code and a message.
+async fn wait_acked(relay: Arc<Relay>, id: u64, applied: Applied) -> (u64, Result<(), (&'static str, String)>) {
     let mut durable = relay.durable();
     match durable.wait_for(|d| d.lsn >= applied.lsn || d.failed).await {
         Ok(d) if !d.failed => {}
-        _ => return (id, Err("the owner's write-ahead log failed".into())),
+        _ => return (id, Err(("unavailable", "the owner's write-ahead log failed".into()))),
     }
     if let Some(mut q) = applied.quorum {
         match q.wait_for(|q| *q != QuorumState::Pending).await.map(|q| *q) {
             Ok(QuorumState::Reached) => {}
-            _ => return (id, Err("the write quorum was not reached in time; the write will replicate".into())),
+            _ => {
+                let msg =
+                    "the write is applied and durable at its owner but not yet at the write quorum; it will replicate";
+                return (id, Err(("quorum-timeout", msg.into())));
+            }
         }
     }
     (id, Ok(()))
