@@ -94,6 +94,9 @@ pub struct MeshArgs {
     /// Ops queued for one peer; beyond, that peer is left to catch up by anti-entropy (it is never cut off).
     #[arg(long, env = "AETHER_REPLICATION_QUEUE", default_value_t = 65536, value_parser = clap::value_parser!(u32).range(16..).map(|v| v as usize))]
     pub replication_queue: usize,
+    /// Encoded bytes of ops queued for one peer; beyond, as for --replication-queue.
+    #[arg(long, env = "AETHER_REPLICATION_QUEUE_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(65536..).map(|v| v as usize))]
+    pub replication_queue_bytes: usize,
     /// Most ops in one replication batch or anti-entropy page.
     #[arg(long, env = "AETHER_REPLICATION_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536).map(|v| v as usize))]
     pub replication_batch: usize,

@@ -55,6 +55,7 @@ pub struct Mesh {
     /// Most ops per replication batch or anti-entropy page.
     pub batch: usize,
     queue_cap: usize,
+    queue_bytes: usize,
     metrics: Metrics,
 }
 
@@ -78,6 +79,7 @@ impl Mesh {
             quorum_timeout: args.quorum_timeout,
             batch: args.replication_batch,
             queue_cap: args.replication_queue,
+            queue_bytes: args.replication_queue_bytes,
             metrics,
         });
         mesh
@@ -134,7 +136,8 @@ impl Mesh {
                 });
                 for (name, addr) in v.others() {
                     if !peers.contains_key(name) {
-                        let p = Peer::new(name.to_owned(), addr.to_owned(), self.queue_cap, self.batch);
+                        let p =
+                            Peer::new(name.to_owned(), addr.to_owned(), self.queue_cap, self.queue_bytes, self.batch);
                         let t = tokio::spawn(p.clone().run(self.transport.clone()));
                         tasks.insert(name.to_owned(), t);
                         peers.insert(name.to_owned(), p);

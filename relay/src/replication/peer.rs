@@ -32,10 +32,13 @@ pub struct Peer {
     /// Set when ops were dropped or the stream reconnected: anti-entropy must run.
     needs_sync: AtomicBool,
     cap: usize,
+    cap_bytes: usize,
     batch: usize,
 }
 
 struct Queue {
+    /// Encoded size of the queued ops.
+    bytes: usize,
     /// (sequence number, queued at, op, traceparent of the write or "").
     ops: VecDeque<(u64, Instant, PbOp, String)>,
     next_seq: u64,
@@ -59,12 +62,13 @@ pub struct PeerStatus {
 }
 
 impl Peer {
-    /// A peer with a queue of `cap` ops, sending batches of up to `batch`.
-    pub fn new(name: String, addr: String, cap: usize, batch: usize) -> Arc<Self> {
+    /// A peer with a queue of at most `cap` ops and `cap_bytes` encoded bytes,
+    /// sending batches of up to `batch` ops.
+    pub fn new(name: String, addr: String, cap: usize, cap_bytes: usize, batch: usize) -> Arc<Self> {
         Arc::new(Self {
             name,
             addr,
-            queue: Mutex::new(Queue { ops: VecDeque::new(), next_seq: 1 }),
+            queue: Mutex::new(Queue { bytes: 0, ops: VecDeque::new(), next_seq: 1 }),
             wake: Notify::new(),
             room: Notify::new(),
             acked: watch::channel(0).0,
@@ -72,8 +76,13 @@ impl Peer {
             dropped: AtomicU64::new(0),
             needs_sync: AtomicBool::new(true),
             cap,
+            cap_bytes,
             batch,
         })
+    }
+
+    fn has_room(&self, q: &Queue, bytes: usize) -> bool {
+        q.ops.len() < self.cap && (q.ops.is_empty() || q.bytes + bytes <= self.cap_bytes)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -84,8 +93,9 @@ impl Peer {
     /// the queue is full (the op is dropped for this peer and anti-entropy will
     /// deliver it).
     pub fn offer(&self, op: PbOp, trace: String) -> Option<u64> {
+        let bytes = prost::Message::encoded_len(&op);
         let mut q = self.lock();
-        if q.ops.len() >= self.cap {
+        if !self.has_room(&q, bytes) {
             drop(q);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             self.needs_sync.store(true, Ordering::Release);
@@ -93,6 +103,7 @@ impl Peer {
         }
         let seq = q.next_seq;
         q.next_seq += 1;
+        q.bytes += bytes;
         q.ops.push_back((seq, Instant::now(), op, trace));
         drop(q);
         self.wake.notify_one();
@@ -101,14 +112,16 @@ impl Peer {
 
     /// Queues `op`, waiting for room (anti-entropy pushes use this).
     pub async fn send(&self, op: PbOp) {
+        let bytes = prost::Message::encoded_len(&op);
         let mut op = Some(op);
         loop {
             let room = self.room.notified();
             {
                 let mut q = self.lock();
-                if q.ops.len() < self.cap {
+                if self.has_room(&q, bytes) {
                     let seq = q.next_seq;
                     q.next_seq += 1;
+                    q.bytes += bytes;
                     q.ops.push_back((seq, Instant::now(), op.take().expect("sent once"), String::new()));
                     drop(q);
                     self.wake.notify_one();
@@ -195,7 +208,9 @@ impl Peer {
                     Some(ack) => {
                         let mut q = self.lock();
                         while q.ops.front().is_some_and(|(s, _, _, _)| *s <= ack.durable_seq) {
-                            q.ops.pop_front();
+                            if let Some((_, _, op, _)) = q.ops.pop_front() {
+                                q.bytes -= prost::Message::encoded_len(&op);
+                            }
                         }
                         drop(q);
                         self.acked.send_if_modified(|a| {
@@ -239,5 +254,33 @@ impl Backoff {
 impl Default for Backoff {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(value_bytes: usize) -> PbOp {
+        PbOp { space: "s".into(), key: "k".into(), value: vec![0u8; value_bytes].into(), ..Default::default() }
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_ops_and_bytes_and_overflow_marks_the_peer() {
+        let p = Peer::new("p".into(), "127.0.0.1:1".into(), 3, 1 << 20, 16);
+        p.take_needs_sync();
+        assert_eq!((p.offer(op(1), String::new()), p.offer(op(1), String::new())), (Some(1), Some(2)));
+        assert_eq!(p.offer(op(1), String::new()), Some(3));
+        assert_eq!(p.offer(op(1), String::new()), None, "a fourth op is over the op bound");
+        assert!(p.take_needs_sync(), "overflow asks for anti-entropy");
+        assert_eq!(p.status().dropped_ops, 1);
+
+        let p = Peer::new("p".into(), "127.0.0.1:1".into(), 100, 2000, 16);
+        assert!(p.offer(op(1500), String::new()).is_some());
+        assert!(p.offer(op(1500), String::new()).is_none(), "over the byte bound");
+        // An op larger than the whole bound still goes into an empty queue (never stuck).
+        let p = Peer::new("p".into(), "127.0.0.1:1".into(), 100, 1000, 16);
+        assert!(p.offer(op(5000), String::new()).is_some());
+        assert_eq!(p.status().pending_ops, 1);
     }
 }
