@@ -51,8 +51,12 @@ pub async fn admin_shards(State(ctx): State<Arc<GatewayCtx>>) -> Response {
     let v = mesh.view();
     let table: Vec<serde_json::Value> =
         (0..v.shards).map(|s| serde_json::json!({ "shard": s, "owners": v.owners(s).collect::<Vec<_>>() })).collect();
+    let handoff =
+        mesh.handoff().map(|(held, pending)| serde_json::json!({ "held_shards": held, "pending_shards": pending }));
     axum::Json(serde_json::json!({
         "member": v.me,
+        "in_membership": v.is_member(),
+        "handoff": handoff,
         "shards": v.shards,
         "replication": v.replication,
         "write_quorum": mesh.write_quorum,

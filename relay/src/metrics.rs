@@ -57,6 +57,10 @@ pub struct Metrics {
     pub shards_owned: IntGauge,
     /// Members in the current view, this relay included.
     pub members: IntGauge,
+    /// Shards with data here that this relay no longer owns.
+    pub shards_held: IntGauge,
+    /// Held shards that some owner still lacks data of (0: safe to stop this relay).
+    pub handoff_pending: IntGauge,
     /// Ops not yet durable at a peer, by peer.
     pub replication_pending: IntGaugeVec,
     /// Age of the oldest op not yet durable at a peer (replication lag), by peer.
@@ -175,6 +179,14 @@ impl Metrics {
             ),
             shards_owned: registered(&r, IntGauge::new("aether_shards_owned", "Shards this relay owns").unwrap()),
             members: registered(&r, IntGauge::new("aether_mesh_members", "Members in the current view").unwrap()),
+            shards_held: registered(
+                &r,
+                IntGauge::new("aether_shards_held", "Shards with data here that this relay no longer owns").unwrap(),
+            ),
+            handoff_pending: registered(
+                &r,
+                IntGauge::new("aether_handoff_pending_shards", "Held shards some owner still lacks data of").unwrap(),
+            ),
             replication_pending: registered(
                 &r,
                 IntGaugeVec::new(

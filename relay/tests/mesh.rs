@@ -425,3 +425,49 @@ async fn an_edge_that_becomes_the_owner_logs_what_it_serves() {
     let (_, _, snap) = Client::join(&r1.ws_url(&format!("space={space}"))).await;
     assert_eq!(snap, json!({"before": 1, "after": 2}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_removed_from_the_membership_hands_its_shards_over() {
+    let dir = tempdir();
+    let file = dir.path().join("members");
+    let ports = [free_port(), free_port(), free_port()];
+    let line = |i: usize| format!("r{}=127.0.0.1:{}\n", i + 1, ports[i]);
+    std::fs::write(&file, format!("{}{}{}", line(0), line(1), line(2))).unwrap();
+    let extra = ["--shards", "8", "--replication", "2", "--membership-file", file.to_str().unwrap()];
+    let extra = [&extra[..], &["--membership-poll", "100ms", "--anti-entropy-interval", "1s"]].concat();
+    let dirs = [tempdir(), tempdir(), tempdir()];
+    let r1 = Relay::start_member("r1", ports[0], &[], dirs[0].path(), &extra);
+    let r2 = Relay::start_member("r2", ports[1], &[], dirs[1].path(), &extra);
+    let mut r3 = Relay::start_member("r3", ports[2], &[], dirs[2].path(), &extra);
+    // Writes through r3 to many spaces: r3 owns some of them, with one other owner each.
+    let spaces: Vec<String> = (0..8).map(|i| format!("h{i}")).collect();
+    for space in &spaces {
+        let (mut c, _, _) = Client::join(&r3.ws_url(&format!("space={space}"))).await;
+        c.send(json!({"type": "set", "key": "k", "value": space})).await;
+        assert_eq!(recv_set(&mut c, "k").await, json!(space));
+    }
+    std::fs::write(&file, format!("{}{}", line(0), line(1))).unwrap();
+    // r3 leaves: it owns nothing, and reports when every owner has what it held.
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let (_, body) = r3.http_get("/v1/admin/shards").await;
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let done = v["in_membership"] == false
+            && v["owned"].as_array().unwrap().is_empty()
+            && v["handoff"]["held_shards"].as_u64().unwrap_or(0) > 0
+            && v["handoff"]["pending_shards"] == 0;
+        if done {
+            break;
+        }
+        assert!(Instant::now() < until, "r3 did not hand off: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    r3.kill();
+    // r1 and r2 own every shard now (R = 2 of 2) and both hold every write.
+    for r in [&r1, &r2] {
+        for space in &spaces {
+            let (_, _, snap) = Client::join(&r.ws_url(&format!("space={space}"))).await;
+            assert_eq!(snap, json!({"k": space}), "{space} on {}", r.addr);
+        }
+    }
+}

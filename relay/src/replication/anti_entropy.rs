@@ -48,9 +48,15 @@ pub struct SessionStats {
 /// any peer marked for repair in between.
 pub async fn run(relay: Arc<Relay>, mesh: Arc<Mesh>, interval: Duration) {
     let mut last_full: Option<Instant> = None;
+    let mut views = mesh.subscribe_view();
     loop {
         tokio::time::sleep(CHECK_EVERY.min(interval)).await;
-        if last_full.is_none_or(|t| t.elapsed() >= interval) {
+        // A membership change moves shards: repair (and hand off) at once.
+        let moved = views.has_changed().unwrap_or(false);
+        if moved {
+            views.borrow_and_update();
+        }
+        if moved || last_full.is_none_or(|t| t.elapsed() >= interval) {
             for p in mesh.peers() {
                 p.take_needs_sync();
             }
@@ -80,9 +86,15 @@ pub async fn pass(relay: &Arc<Relay>, mesh: &Arc<Mesh>, only: Option<&str>) -> S
     let mut total = SessionStats::default();
     // Peers found unreachable in this pass are not tried again for every shard.
     let mut unreachable: BTreeSet<String> = BTreeSet::new();
+    // Shards held but no longer owned, and those whose every owner already has it all.
+    let (mut held, mut handed_off) = (0usize, 0usize);
     for shard in shards {
+        let is_held = !view.is_owner(shard);
+        let mut clean = true;
+        held += usize::from(is_held);
         for owner in view.owners(shard).filter(|o| *o != view.me && only.is_none_or(|x| x == *o)) {
             if unreachable.contains(owner) {
+                clean = false;
                 continue;
             }
             let Some(peer) = mesh.peer(owner) else { continue };
@@ -95,8 +107,10 @@ pub async fn pass(relay: &Arc<Relay>, mesh: &Arc<Mesh>, only: Option<&str>) -> S
                 Ok(s) => {
                     total.fetched += s.fetched;
                     total.pushed += s.pushed;
+                    clean &= s.fetched + s.pushed == 0;
                 }
                 Err(e) => {
+                    clean = false;
                     relay.metrics().anti_entropy.with_label_values(&["failed"]).inc();
                     tracing::debug!(peer = owner, shard, error = %e, "anti-entropy session failed");
                     // Unreachable: its other shards would fail the same way; the other owners still sync.
@@ -106,6 +120,10 @@ pub async fn pass(relay: &Arc<Relay>, mesh: &Arc<Mesh>, only: Option<&str>) -> S
                 }
             }
         }
+        handed_off += usize::from(is_held && clean);
+    }
+    if only.is_none() {
+        mesh.set_handoff(held, held - handed_off);
     }
     relay.metrics().anti_entropy.with_label_values(&["done"]).inc();
     relay.metrics().anti_entropy_ops.with_label_values(&["fetched"]).inc_by(total.fetched);

@@ -68,6 +68,11 @@ impl View {
         (0..self.shards).filter(|&s| self.is_owner(s)).collect()
     }
 
+    /// False once this relay was removed from the membership (it is leaving).
+    pub fn is_member(&self) -> bool {
+        self.members.contains_key(&self.me)
+    }
+
     /// Every member but this relay.
     pub fn others(&self) -> impl Iterator<Item = (&str, &str)> {
         self.members.iter().filter(|(n, _)| **n != self.me).map(|(n, a)| (n.as_str(), a.as_str()))
@@ -132,12 +137,18 @@ impl Membership {
         Ok(m)
     }
 
+    /// With a membership file, this relay is a member only while the file
+    /// (or a `--peer`) lists it: removed from the file, it owns nothing and
+    /// hands what it holds to the owners (anti-entropy). Without a file it
+    /// is always a member.
     fn view(&self, from_file: &[Peer]) -> View {
         let mut members = BTreeMap::new();
         for p in self.peers.iter().chain(from_file) {
             members.insert(p.name.clone(), p.addr.clone());
         }
-        members.insert(self.me.clone(), self.advertise.clone());
+        if self.file.is_none() || members.contains_key(&self.me) {
+            members.insert(self.me.clone(), self.advertise.clone());
+        }
         View::new(self.me.clone(), self.shards, self.replication, members)
     }
 
@@ -223,15 +234,22 @@ mod tests {
     async fn file_changes_are_picked_up_and_bad_files_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("members");
-        std::fs::write(&path, "r2=127.0.0.1:2\n").unwrap();
+        std::fs::write(&path, "r1=127.0.0.1:1\nr2=127.0.0.1:2\n").unwrap();
         let m = Membership::new("r1".into(), "127.0.0.1:1".into(), 8, 2, vec![], Some(path.clone())).unwrap();
         let mut rx = m.subscribe();
         assert_eq!(rx.borrow().members.len(), 2);
         tokio::spawn(m.watch_file(Duration::from_millis(10)));
         std::fs::write(&path, "garbage\n").unwrap();
+        std::fs::write(&path, "r1=127.0.0.1:1\nr2=127.0.0.1:2\nr3=127.0.0.1:3\n").unwrap();
+        let grown = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| v.members.len() == 3)).await.is_ok();
+        assert!(grown, "the new member was not picked up");
+        assert!(rx.borrow().is_member());
+        // Removed from the file: this relay leaves (owns nothing), the others stay.
         std::fs::write(&path, "r2=127.0.0.1:2\nr3=127.0.0.1:3\n").unwrap();
-        let view = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| v.members.len() == 3)).await;
-        assert!(view.is_ok(), "the new member was not picked up");
+        let left = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|v| !v.is_member())).await.is_ok();
+        assert!(left, "the removal was not picked up");
+        assert!(rx.borrow().owned().is_empty());
+        assert_eq!(rx.borrow().others().count(), 2);
         assert!(Membership::new("r1".into(), "a:1".into(), 8, 2, vec![], Some(dir.path().join("missing"))).is_err());
     }
 }

@@ -57,6 +57,8 @@ pub struct Mesh {
     queue_cap: usize,
     queue_bytes: usize,
     metrics: Metrics,
+    /// (held shards, of which not yet handed off) after the last full anti-entropy pass.
+    handoff: std::sync::Mutex<Option<(usize, usize)>>,
 }
 
 impl Mesh {
@@ -81,6 +83,7 @@ impl Mesh {
             queue_cap: args.replication_queue,
             queue_bytes: args.replication_queue_bytes,
             metrics,
+            handoff: std::sync::Mutex::new(None),
         });
         mesh
     }
@@ -195,6 +198,19 @@ impl Mesh {
             tx.send_replace(if reached { QuorumState::Reached } else { QuorumState::TimedOut });
         });
         Some(rx)
+    }
+
+    /// Records the hand-off state found by a full anti-entropy pass.
+    pub fn set_handoff(&self, held: usize, pending: usize) {
+        *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some((held, pending));
+        self.metrics.handoff_pending.set(pending as i64);
+        self.metrics.shards_held.set(held as i64);
+    }
+
+    /// Shards held but not owned, and how many of them some owner still lacks
+    /// (`None` before the first full anti-entropy pass).
+    pub fn handoff(&self) -> Option<(usize, usize)> {
+        *self.handoff.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Spaces served as an edge.
