@@ -67,6 +67,7 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
         snapshot_after_bytes: args.storage.snapshot_after_bytes,
         max_pending_bytes: args.storage.wal_max_pending_bytes,
         on_corrupt: if args.storage.wal_skip_corrupt { OnCorrupt::Skip } else { OnCorrupt::Fail },
+        shards: mesh_args.as_ref().map(|(m, _)| m.shards),
         before_sync: None,
     };
     let m = metrics.clone();

@@ -146,7 +146,13 @@ async fn a_write_on_one_relay_reaches_clients_on_the_others() {
 async fn an_owner_killed_during_writes_catches_up_and_no_acked_write_is_lost() {
     let mut mesh = Mesh::start(
         3,
-        &["--shards", "8", "--replication", "3", "--anti-entropy-interval", "1s", "--limit-msgs-per-sec", "100000"],
+        &[
+            &["--shards", "8", "--replication", "3", "--anti-entropy-interval", "1s", "--limit-msgs-per-sec", "100000"]
+                [..],
+            // Small segments and snapshots: the restarted owner boots from a per-shard snapshot.
+            &["--wal-segment-bytes", "4096", "--snapshot-after-bytes", "4096"],
+        ]
+        .concat(),
     );
     let space = "ledger".to_string();
     let (mut w, _, _) = Client::join(&mesh.relay(0).ws_url("space=ledger")).await;
@@ -177,6 +183,14 @@ async fn an_owner_killed_during_writes_catches_up_and_no_acked_write_is_lost() {
     let (_, _, snap) = Client::join(&mesh.relay(1).ws_url("space=ledger")).await;
     let got: BTreeMap<String, Value> = snap.as_object().unwrap().clone().into_iter().collect();
     assert_eq!(got, acked);
+    // Snapshots of a mesh member are grouped by shard.
+    let snaps = mesh.relay(0).data_dir.join("snapshots");
+    let shard_dir = format!("shard-{:05}", aether_core::placement::shard_of(&space, 8));
+    let until = Instant::now() + DEADLINE;
+    while !std::fs::read_dir(&snaps).unwrap().flatten().any(|d| d.path().join(&shard_dir).is_dir()) {
+        assert!(Instant::now() < until, "no per-shard snapshot in {}", snaps.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

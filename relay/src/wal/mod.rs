@@ -50,6 +50,8 @@ pub struct WalConfig {
     pub max_pending_bytes: usize,
     /// What to do with corrupt records found while recovering.
     pub on_corrupt: OnCorrupt,
+    /// The mesh's shard count: snapshots are then grouped by shard.
+    pub shards: Option<u32>,
     /// Fault injection for tests: called by the writer before each fdatasync;
     /// an error is treated as the sync failing.
     pub before_sync: Option<SyncHook>,
@@ -65,6 +67,7 @@ impl WalConfig {
             snapshot_after_bytes: u64::MAX,
             max_pending_bytes: usize::MAX,
             on_corrupt: OnCorrupt::Fail,
+            shards: None,
             before_sync: None,
         }
     }

@@ -1,5 +1,8 @@
 //! Snapshots: the winning op of every key (tombstones included), one file per
-//! space, in a directory named for the last WAL segment it covers.
+//! space, in a directory named for the last WAL segment it covers. In a mesh
+//! the files are grouped by shard (`shard-NNNNN/space-NNNNNNNN.snap`) and the
+//! manifest names each file's space and shard, so one shard's snapshot can be
+//! shipped and restored on its own.
 //!
 //! A snapshot is built off the hot path from the previous snapshot and the
 //! sealed segments on disk (never from live state), so writing one never
@@ -22,9 +25,26 @@ use super::segment::{Apply, Replayer, State};
 pub struct Manifest {
     /// Every WAL segment with a sequence number up to this one is covered.
     pub covers_segment: u64,
-    /// Files of the snapshot, one per space.
+    /// Files of the snapshot, one per space, relative to the snapshot directory.
     pub files: Vec<String>,
     /// Entries written, over all spaces.
+    pub entries: u64,
+    /// The mesh's shard count when files are grouped by shard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<u32>,
+    /// Space and shard of each file, in the order of `files` (mesh snapshots).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub contents: Vec<FileContents>,
+}
+
+/// What one snapshot file holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileContents {
+    /// The space.
+    pub space: String,
+    /// Its shard.
+    pub shard: u32,
+    /// Entries in the file.
     pub entries: u64,
 }
 
@@ -112,8 +132,9 @@ fn scan_snapshot(buf: &[u8], path: &Path, apply: &mut Apply<'_>) -> Result<(), S
 }
 
 /// Writes `state` as the snapshot covering segments up to `covers_segment`,
-/// atomically: a temporary directory, fsynced, then renamed into place.
-pub fn write(root: &Path, covers_segment: u64, state: &State) -> io::Result<PathBuf> {
+/// atomically: a temporary directory, fsynced, then renamed into place. With
+/// `shards`, files are grouped in one directory per shard.
+pub fn write(root: &Path, covers_segment: u64, state: &State, shards: Option<u32>) -> io::Result<PathBuf> {
     let final_dir = root.join(snapshot_dir_name(covers_segment));
     let tmp = root.join(format!("{}.tmp", snapshot_dir_name(covers_segment)));
     if tmp.exists() {
@@ -121,6 +142,7 @@ pub fn write(root: &Path, covers_segment: u64, state: &State) -> io::Result<Path
     }
     fs::create_dir_all(&tmp)?;
     let mut files = Vec::with_capacity(state.spaces.len());
+    let mut contents = Vec::new();
     let mut entries = 0u64;
     let mut names: Vec<&String> = state.spaces.keys().collect();
     names.sort_unstable();
@@ -138,13 +160,29 @@ pub fn write(root: &Path, covers_segment: u64, state: &State) -> io::Result<Path
             put_frame_with(&mut buf, salt, |o| op.encode(o));
         }
         entries += space.len() as u64;
-        let file_name = format!("space-{i:08}.snap");
+        let file_name = match shards {
+            Some(s) => {
+                let shard = aether_core::placement::shard_of(name, s);
+                let dir = format!("shard-{shard:05}");
+                if !tmp.join(&dir).is_dir() {
+                    fs::create_dir(tmp.join(&dir))?;
+                }
+                contents.push(FileContents { space: name.clone(), shard, entries: space.len() as u64 });
+                format!("{dir}/space-{i:08}.snap")
+            }
+            None => format!("space-{i:08}.snap"),
+        };
         let mut f = File::create(tmp.join(&file_name))?;
         f.write_all(&buf)?;
         f.sync_data()?;
         files.push(file_name);
     }
-    let manifest = Manifest { covers_segment, files, entries };
+    if shards.is_some() {
+        for c in contents.iter().map(|c| c.shard).collect::<std::collections::BTreeSet<_>>() {
+            sync_dir(&tmp.join(format!("shard-{c:05}")))?;
+        }
+    }
+    let manifest = Manifest { covers_segment, files, entries, shards, contents };
     let mut f = File::create(tmp.join("MANIFEST"))?;
     f.write_all(&serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?)?;
     f.sync_data()?;
@@ -160,4 +198,46 @@ pub fn write(root: &Path, covers_segment: u64, state: &State) -> io::Result<Path
 /// Makes a directory's entries (creations, renames) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aether_core::Stamp;
+
+    #[test]
+    fn mesh_snapshots_group_files_by_shard_and_load_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::default();
+        for i in 0..20u64 {
+            let name = format!("space-{i}");
+            let op = OpRef {
+                space: "",
+                key: b"k",
+                value: Some(b"v"),
+                stamp: Stamp { wall_ns: i + 1, counter: 0, actor: 1 },
+                origin: 0,
+            };
+            state.apply(&name, &op);
+        }
+        let written = write(dir.path(), 7, &state, Some(8)).unwrap();
+        let mut replayer = Replayer::new();
+        let manifest = load(&written, &mut replayer).unwrap();
+        assert_eq!((manifest.shards, manifest.contents.len(), manifest.entries), (Some(8), 20, 20));
+        for (file, c) in manifest.files.iter().zip(&manifest.contents) {
+            assert_eq!(c.shard, aether_core::placement::shard_of(&c.space, 8));
+            assert!(file.starts_with(&format!("shard-{:05}/", c.shard)), "{file}");
+            assert!(written.join(file).is_file());
+        }
+        let back = replayer.finish();
+        assert_eq!(back.spaces.len(), 20);
+        for (name, space) in &state.spaces {
+            assert_eq!(back.spaces[name].digest(), space.digest());
+        }
+        // Without shards (dev mode) the layout is flat, as before.
+        let flat = write(dir.path(), 8, &state, None).unwrap();
+        let manifest = load(&flat, &mut Replayer::new()).unwrap();
+        assert!(manifest.shards.is_none() && manifest.contents.is_empty());
+        assert!(manifest.files.iter().all(|f| !f.contains('/')));
+    }
 }

@@ -132,7 +132,7 @@ fn take_snapshot(cfg: &WalConfig, covered: u64, upto: u64, metrics: &Metrics) ->
         replayer.replay_segment(path, false, OnCorrupt::Fail).map_err(|e| format!("segment {seq}: {e}"))?;
     }
     let state = replayer.finish();
-    snapshot::write(&snap_root, upto, &state).map_err(|e| e.to_string())?;
+    snapshot::write(&snap_root, upto, &state, cfg.shards).map_err(|e| e.to_string())?;
     let entries = state.spaces.values().map(|s| s.len() as u64).sum();
     drop(state);
     if let Some((seq, dir)) = previous.filter(|(seq, _)| *seq != upto) {
