@@ -61,7 +61,15 @@ pub struct MeshArgs {
     /// A file listing members, one `NAME=HOST:PORT` per line (`#` comments); re-read when it changes.
     #[arg(long, env = "AETHER_MEMBERSHIP_FILE")]
     pub membership_file: Option<PathBuf>,
-    /// How often the membership file is checked for changes.
+    /// A DNS SRV name listing members (a headless Service's named port, e.g.
+    /// `_mesh._tcp.relay.ns.svc.cluster.local`): each target's first label is a
+    /// member name, target:port its address. Re-resolved every --membership-poll.
+    #[arg(long, env = "AETHER_MEMBERSHIP_SRV")]
+    pub membership_srv: Option<String>,
+    /// DNS server (IP:PORT) for --membership-srv instead of the system resolver.
+    #[arg(long, env = "AETHER_MEMBERSHIP_DNS_SERVER", requires = "membership_srv")]
+    pub membership_dns_server: Option<SocketAddr>,
+    /// How often the membership file and DNS are checked for changes.
     #[arg(long, env = "AETHER_MEMBERSHIP_POLL", default_value = "2s", value_parser = parse_positive_duration)]
     pub membership_poll: Duration,
     /// Virtual shards of the mesh; must be the same on every relay and never change.

@@ -96,6 +96,10 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
             m.peers.clone(),
             m.membership_file.clone(),
         )?;
+        let membership = match &m.membership_srv {
+            Some(srv) => membership.with_dns(srv.clone(), m.membership_dns_server)?,
+            None => membership,
+        };
         let transport = MeshTransport::new(&m.name, m.mesh_token.as_deref(), tls.as_ref().map(|t| t.client.clone()))?;
         let max_forwarded = args.limits.limit_conns.saturating_mul(args.limits.limit_send_queue).max(1024);
         let mesh = Mesh::new(m, membership.subscribe(), transport, max_forwarded, metrics.clone());
@@ -136,7 +140,7 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!("aether-relay mesh listening on {scheme}://{mesh_addr} as {}", m.name);
         tracing::info!(%mesh_addr, name = %m.name, shards = m.shards, replication = m.replication, write_quorum = m.write_quorum, "mesh listening");
-        tokio::spawn(membership.watch_file(m.membership_poll));
+        tokio::spawn(membership.watch(m.membership_poll));
         tokio::spawn(mesh.clone().follow_membership());
         let (r, mut views) = (relay.clone(), mesh.subscribe_view());
         tokio::spawn(async move {
