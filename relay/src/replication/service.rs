@@ -27,6 +27,9 @@ use crate::space::SpaceHub;
 
 /// Items buffered towards one peer or edge stream.
 const STREAM_BUFFER: usize = 64;
+/// Forwarded writes of one edge waiting for the disk or the quorum; beyond,
+/// writes are refused with `overloaded` (before they are applied).
+const MAX_EDGE_IN_FLIGHT: usize = 65_536;
 
 /// The gRPC service of one relay.
 pub struct MeshService {
@@ -254,6 +257,14 @@ impl EdgeSession {
                         }
                         edge_request::Kind::Write(w) => {
                             let id = w.id;
+                            if acks.len() >= MAX_EDGE_IN_FLIGHT {
+                                let message = "too many writes from this edge wait for the disk or the quorum".to_string();
+                                let err = WriteError { id, message, code: "overloaded".into() };
+                                if self.tx.send(Ok(event(edge_event::Kind::Error(err)))).await.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
                             let span = crate::telemetry::enabled().then(|| {
                                 let span = tracing::info_span!("owner.apply", %edge);
                                 crate::telemetry::set_parent(&span, &w.traceparent);
