@@ -268,7 +268,8 @@ impl Relay {
         let _entered = span.as_ref().map(|s| s.enter());
         if hub.is_cache()
             && let Some(mesh) = &self.mesh
-            && !mesh.view().is_owner(mesh.view().shard_of(hub.name()))
+            && let view = mesh.view()
+            && !view.is_owner(view.shard_of(hub.name()))
         {
             let stamp = self.tick();
             let value = value.map(Bytes::copy_from_slice);
