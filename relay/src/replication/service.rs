@@ -2,7 +2,7 @@
 //! to edges. Every call is authenticated first (mesh token) and every input
 //! is bounded (message size, page sizes, bucket counts).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use aether_core::sync::{self, MAX_BUCKETS};
@@ -30,6 +30,35 @@ const STREAM_BUFFER: usize = 64;
 /// Forwarded writes of one edge waiting for the disk or the quorum; beyond,
 /// writes are refused with `overloaded` (before they are applied).
 const MAX_EDGE_IN_FLIGHT: usize = 65_536;
+
+/// Replication batches of one peer applied while earlier ones wait for the disk.
+const REPLICATE_IN_FLIGHT: usize = 16;
+
+/// Applies one replication batch; returns the WAL record that must be durable
+/// before it is acknowledged. Invalid ops are skipped and counted: refusing
+/// the batch would stall the peer's stream forever (it resends it).
+fn apply_batch(relay: &Relay, peer: &str, ops: Vec<aether_proto::v1::Op>, traceparent: &str) -> Result<u64, Status> {
+    let span = crate::telemetry::enabled().then(|| {
+        let span = tracing::info_span!("replica.apply", %peer, ops = ops.len());
+        crate::telemetry::set_parent(&span, traceparent);
+        span
+    });
+    let _entered = span.as_ref().map(|s| s.enter());
+    let mut need = 0;
+    for op in ops {
+        let op = match from_pb(op) {
+            Ok(op) => op,
+            Err(e) => {
+                relay.metrics().mesh_ops.with_label_values(&["invalid"]).inc();
+                tracing::warn!(%peer, error = %e.message(), "skipping an invalid replicated op");
+                continue;
+            }
+        };
+        need = need.max(relay.apply(op, false).map_err(unavailable)?.lsn);
+    }
+    relay.metrics().mesh_ops.with_label_values(&["replicate"]).inc();
+    Ok(need)
+}
 
 /// The gRPC service of one relay.
 pub struct MeshService {
@@ -71,52 +100,43 @@ impl MeshRpc for MeshService {
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(async move {
             let mut durable = relay.durable();
+            // Batches applied but not yet durable, in order: (WAL record to wait for, batch seq).
+            // Reading goes on while the disk syncs, so one fdatasync covers several batches.
+            let mut waiting: VecDeque<(u64, u64)> = VecDeque::new();
             let failed = loop {
-                let batch = match inbound.message().await {
-                    Ok(Some(b)) => b,
-                    Ok(None) => return,
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "replication stream from peer ended");
-                        return;
-                    }
-                };
-                let span = crate::telemetry::enabled().then(|| {
-                    let span = tracing::info_span!("replica.apply", %peer, ops = batch.ops.len());
-                    crate::telemetry::set_parent(&span, &batch.traceparent);
-                    span
-                });
-                let entered = span.as_ref().map(|s| s.enter());
-                let mut need = 0;
-                let mut error = None;
-                for op in batch.ops {
-                    let op = match from_pb(op) {
-                        Ok(op) => op,
-                        Err(e) => {
-                            // Refusing the batch would stall this peer's stream forever (it
-                            // resends it): skip the op, count it, say so.
-                            relay.metrics().mesh_ops.with_label_values(&["invalid"]).inc();
-                            tracing::warn!(%peer, error = %e.message(), "skipping an invalid replicated op");
-                            continue;
+                tokio::select! {
+                    msg = inbound.message(), if waiting.len() < REPLICATE_IN_FLIGHT => {
+                        let batch = match msg {
+                            Ok(Some(b)) => b,
+                            Ok(None) => return,
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "replication stream from peer ended");
+                                return;
+                            }
+                        };
+                        match apply_batch(&relay, &peer, batch.ops, &batch.traceparent) {
+                            Ok(need) => waiting.push_back((need, batch.seq)),
+                            Err(e) => break e,
                         }
-                    };
-                    match relay.apply(op, false) {
-                        Ok(Applied { lsn, .. }) => need = need.max(lsn),
-                        Err(e) => {
-                            error = Some(unavailable(e));
-                            break;
+                    }
+                    changed = durable.changed(), if !waiting.is_empty() => {
+                        if changed.is_err() {
+                            break Status::unavailable("the write-ahead log closed");
                         }
                     }
                 }
-                drop(entered);
-                if let Some(e) = error {
-                    break e;
+                // Acknowledge, in order, every batch the WAL now covers (one ack for the newest).
+                let d = *durable.borrow_and_update();
+                if d.failed {
+                    break Status::unavailable("the write-ahead log failed");
                 }
-                relay.metrics().mesh_ops.with_label_values(&["replicate"]).inc();
-                match durable.wait_for(|d| d.lsn >= need || d.failed).await {
-                    Ok(d) if !d.failed => {}
-                    _ => break Status::unavailable("the write-ahead log failed"),
+                let mut acked = None;
+                while waiting.front().is_some_and(|(need, _)| *need <= d.lsn) {
+                    acked = waiting.pop_front().map(|(_, seq)| seq);
                 }
-                if tx.send(Ok(ReplicateAck { durable_seq: batch.seq })).await.is_err() {
+                if let Some(seq) = acked
+                    && tx.send(Ok(ReplicateAck { durable_seq: seq })).await.is_err()
+                {
                     return;
                 }
             };

@@ -22,6 +22,9 @@ pub struct MeshBench {
     /// Owners per shard.
     #[arg(long, default_value_t = 3)]
     replication: usize,
+    /// Owners that must hold a write durably before it is acknowledged.
+    #[arg(long, default_value_t = 1)]
+    write_quorum: usize,
     /// Writes per convergence round.
     #[arg(long, default_value_t = 100)]
     writes: usize,
@@ -63,11 +66,12 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn spawn(m: &mut Member, peers: &[String], replication: usize) -> anyhow::Result<()> {
+fn spawn(m: &mut Member, peers: &[String], replication: usize, quorum: usize) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?.with_file_name("aether-relay");
     let mut cmd = Command::new(&exe);
     cmd.args(["run", "--listen", "127.0.0.1:0", "--name", &m.name, "--mesh-plaintext"])
         .args(["--mesh-listen", &format!("127.0.0.1:{}", m.mesh_port), "--replication", &replication.to_string()])
+        .args(["--write-quorum", &quorum.to_string()])
         .arg("--data-dir")
         .arg(m.dir.path())
         .args(["--limit-msgs-per-sec", "1e9", "--limit-burst", "1000000000", "--limit-conns", "100000"])
@@ -189,10 +193,10 @@ pub async fn run(b: MeshBench) -> anyhow::Result<()> {
     }
     for i in 0..b.relays {
         let peers = peers_of(&members, i);
-        spawn(&mut members[i], &peers, b.replication)?;
+        spawn(&mut members[i], &peers, b.replication, b.write_quorum)?;
     }
     all_connected(&members).await?;
-    println!("mesh: {} relays, R={}, 256 shards, W=1, loopback", b.relays, b.replication);
+    println!("mesh: {} relays, R={}, 256 shards, W={}, loopback", b.relays, b.replication, b.write_quorum);
 
     // 1. Convergence: a burst of writes on relay 0 until a reader on every relay has all of them.
     let mut conv = Vec::with_capacity(b.rounds);
@@ -227,17 +231,20 @@ pub async fn run(b: MeshBench) -> anyhow::Result<()> {
     let mut a = join(members[0].addr, "rtt").await?;
     let mut r = join(members[1].addr, "rtt").await?;
     let v = value(64);
-    let mut rtt = Vec::with_capacity(b.roundtrips);
+    let (mut rtt, mut ack) = (Vec::with_capacity(b.roundtrips), Vec::with_capacity(b.roundtrips));
     for i in 0..b.roundtrips + 200 {
         let t0 = Instant::now();
         a.send(Message::text(format!(r#"{{"type":"set","key":"k{}","value":{v}}}"#, i % 100))).await?;
         next_text(&mut r).await?;
-        if i >= 200 {
-            rtt.push(t0.elapsed());
-        }
+        let t_r = t0.elapsed();
         next_text(&mut a).await?;
+        if i >= 200 {
+            rtt.push(t_r);
+            ack.push(t0.elapsed());
+        }
     }
     report("cross-relay A(relay-0)→B(relay-1)", rtt);
+    report("writer's echo (acknowledged at W)", ack);
 
     // 3. Throughput: writers spread over every relay, one space each, 32 in flight.
     let mut conns = Vec::new();
@@ -281,7 +288,7 @@ pub async fn run(b: MeshBench) -> anyhow::Result<()> {
     let total = per * 8;
     let peers = peers_of(&members, last);
     let t0 = Instant::now();
-    spawn(&mut members[last], &peers, b.replication)?;
+    spawn(&mut members[last], &peers, b.replication, b.write_quorum)?;
     let booted = t0.elapsed();
     loop {
         let v = get(members[last].addr, "/v1/admin/spaces").await?;
