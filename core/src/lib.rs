@@ -1,7 +1,8 @@
 //! Aethermesh core: the sans-IO heart shared by relays, clients and the ledger
 //! sidecar. Hybrid Logical Clock stamps ([`hlc`]), last-writer-wins spaces
 //! ([`space`]), the op codec ([`op`]), ledger record framing ([`record`]) and
-//! shard placement ([`placement`]) and anti-entropy ([`sync`]).
+//! shard placement ([`placement`]), anti-entropy ([`sync`]) and the replication
+//! send queue ([`outbox`]).
 //!
 //! Architecture invariant: nothing here does I/O, reads a clock or spawns a
 //! task. Time comes in as arguments; bytes come in as slices.
@@ -11,6 +12,7 @@
 pub mod hlc;
 pub mod key;
 pub mod op;
+pub mod outbox;
 pub mod placement;
 pub mod record;
 pub mod space;

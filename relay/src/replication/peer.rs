@@ -6,11 +6,11 @@
 //! it are dropped and it is marked for anti-entropy, which will bring it up to
 //! date: the peer is never cut off from the mesh, and nobody waits for it.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aether_core::outbox::Outbox;
 use aether_proto::v1::{Op as PbOp, ReplicateBatch};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,7 +23,7 @@ pub struct Peer {
     pub name: String,
     /// Mesh address it was created for.
     pub addr: String,
-    queue: Mutex<Queue>,
+    queue: Mutex<Outbox<Item>>,
     wake: Notify,
     room: Notify,
     acked: watch::Sender<u64>,
@@ -31,17 +31,15 @@ pub struct Peer {
     dropped: AtomicU64,
     /// Set when ops were dropped or the stream reconnected: anti-entropy must run.
     needs_sync: AtomicBool,
-    cap: usize,
-    cap_bytes: usize,
     batch: usize,
 }
 
-struct Queue {
-    /// Encoded size of the queued ops.
-    bytes: usize,
-    /// (sequence number, queued at, op, traceparent of the write or "").
-    ops: VecDeque<(u64, Instant, PbOp, String)>,
-    next_seq: u64,
+/// One queued op.
+struct Item {
+    at: Instant,
+    op: PbOp,
+    /// Traceparent of the write ("" when not traced).
+    trace: String,
 }
 
 /// What `/v1/admin/shards` and `/metrics` show about a peer.
@@ -68,24 +66,18 @@ impl Peer {
         Arc::new(Self {
             name,
             addr,
-            queue: Mutex::new(Queue { bytes: 0, ops: VecDeque::new(), next_seq: 1 }),
+            queue: Mutex::new(Outbox::new(cap, cap_bytes)),
             wake: Notify::new(),
             room: Notify::new(),
             acked: watch::channel(0).0,
             connected: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
             needs_sync: AtomicBool::new(true),
-            cap,
-            cap_bytes,
             batch,
         })
     }
 
-    fn has_room(&self, q: &Queue, bytes: usize) -> bool {
-        q.ops.len() < self.cap && (q.ops.is_empty() || q.bytes + bytes <= self.cap_bytes)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outbox<Item>> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -94,35 +86,27 @@ impl Peer {
     /// deliver it).
     pub fn offer(&self, op: PbOp, trace: String) -> Option<u64> {
         let bytes = prost::Message::encoded_len(&op);
-        let mut q = self.lock();
-        if !self.has_room(&q, bytes) {
-            drop(q);
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            self.needs_sync.store(true, Ordering::Release);
-            return None;
+        let seq = self.lock().push(Item { at: Instant::now(), op, trace }, bytes);
+        match seq {
+            Some(_) => self.wake.notify_one(),
+            None => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.needs_sync.store(true, Ordering::Release);
+            }
         }
-        let seq = q.next_seq;
-        q.next_seq += 1;
-        q.bytes += bytes;
-        q.ops.push_back((seq, Instant::now(), op, trace));
-        drop(q);
-        self.wake.notify_one();
-        Some(seq)
+        seq
     }
 
     /// Queues `op`, waiting for room (anti-entropy pushes use this).
     pub async fn send(&self, op: PbOp) {
         let bytes = prost::Message::encoded_len(&op);
-        let mut op = Some(op);
+        let mut item = Some(Item { at: Instant::now(), op, trace: String::new() });
         loop {
             let room = self.room.notified();
             {
                 let mut q = self.lock();
-                if self.has_room(&q, bytes) {
-                    let seq = q.next_seq;
-                    q.next_seq += 1;
-                    q.bytes += bytes;
-                    q.ops.push_back((seq, Instant::now(), op.take().expect("sent once"), String::new()));
+                if q.has_room(bytes) {
+                    q.push(item.take().expect("queued once"), bytes);
                     drop(q);
                     self.wake.notify_one();
                     return;
@@ -154,8 +138,8 @@ impl Peer {
             name: self.name.clone(),
             addr: self.addr.clone(),
             connected: self.is_connected(),
-            pending_ops: q.ops.len(),
-            lag_seconds: q.ops.front().map_or(0.0, |(_, t, _, _)| t.elapsed().as_secs_f64()),
+            pending_ops: q.len(),
+            lag_seconds: q.front().map_or(0.0, |i| i.at.elapsed().as_secs_f64()),
             dropped_ops: self.dropped.load(Ordering::Relaxed),
         }
     }
@@ -183,41 +167,31 @@ impl Peer {
         self.needs_sync.store(true, Ordering::Release);
         tracing::info!(peer = %self.name, addr = %self.addr, "replication stream open");
         // Everything not acknowledged is (re)sent on a new stream.
-        let mut sent_upto = *self.acked.borrow();
+        self.lock().reconnected();
         loop {
-            let batch = {
-                let q = self.lock();
-                let start = q.ops.partition_point(|(s, _, _, _)| *s <= sent_upto);
-                let items = q.ops.iter().skip(start).take(self.batch);
-                let traceparent =
-                    items.clone().map(|(_, _, _, t)| t).find(|t| !t.is_empty()).cloned().unwrap_or_default();
-                let ops: Vec<PbOp> = items.map(|(_, _, op, _)| op.clone()).collect();
-                let last = q.ops.get(start + ops.len().saturating_sub(1)).map(|(s, _, _, _)| *s);
-                (!ops.is_empty()).then(|| ReplicateBatch { seq: last.unwrap_or(0), ops, traceparent })
-            };
+            let unsent = self.lock().has_unsent();
             let wake = self.wake.notified();
             tokio::select! {
-                permit = tx.reserve(), if batch.is_some() => {
+                permit = tx.reserve(), if unsent => {
                     let permit = permit.map_err(|_| tonic::Status::unavailable("stream closed"))?;
-                    let batch = batch.expect("guarded");
-                    sent_upto = batch.seq;
-                    permit.send(batch);
+                    let batch = {
+                        let mut q = self.lock();
+                        q.next_batch(self.batch).map(|(seq, items)| {
+                            let traceparent = items.iter().map(|i| &i.trace).find(|t| !t.is_empty()).cloned().unwrap_or_default();
+                            ReplicateBatch { seq, ops: items.into_iter().map(|i| i.op.clone()).collect(), traceparent }
+                        })
+                    };
+                    if let Some(batch) = batch {
+                        permit.send(batch);
+                    }
                 }
-                _ = wake, if batch.is_none() => {}
+                _ = wake, if !unsent => {}
                 reply = replies.message() => match reply? {
                     Some(ack) => {
-                        let mut q = self.lock();
-                        while q.ops.front().is_some_and(|(s, _, _, _)| *s <= ack.durable_seq) {
-                            if let Some((_, _, op, _)) = q.ops.pop_front() {
-                                q.bytes -= prost::Message::encoded_len(&op);
-                            }
+                        let moved = self.lock().ack(ack.durable_seq);
+                        if moved {
+                            self.acked.send_replace(ack.durable_seq);
                         }
-                        drop(q);
-                        self.acked.send_if_modified(|a| {
-                            let changed = ack.durable_seq > *a;
-                            *a = (*a).max(ack.durable_seq);
-                            changed
-                        });
                         self.room.notify_waiters();
                     }
                     None => return Ok(()),
