@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use aether_core::outbox::Outbox;
 use aether_core::placement::{owners, shard_of};
 use aether_core::space::Digest;
 use aether_core::sync::{SpaceDiff, bucket_digests, diff_buckets, diff_spaces, entries_page};
@@ -50,13 +51,14 @@ type WriteId = u64;
 
 #[derive(Clone, Debug)]
 enum Msg {
-    /// Owner to owner (or anti-entropy push): apply; ack `write` if set.
+    /// A batch from a peer's `Outbox` (owner writes and anti-entropy pushes):
+    /// apply, acknowledge `seq`.
     Replicate {
         ops: Vec<SimOp>,
-        write: Option<WriteId>,
+        seq: u64,
     },
     ReplicateAck {
-        write: WriteId,
+        seq: u64,
     },
     /// Edge to owner.
     Forward {
@@ -94,9 +96,20 @@ enum Msg {
 }
 
 struct Pending {
-    acks: BTreeSet<usize>,
+    /// (peer, sequence number in this node's outbox for it).
+    waits: Vec<(usize, u64)>,
     edge: Option<(usize, WriteId)>,
     op: SimOp,
+}
+
+/// The replication stream to one peer: the relay's own send queue.
+struct Link {
+    outbox: Outbox<SimOp>,
+    /// Step of the last acknowledgement or (re)connection; a stream silent for
+    /// too long is taken as broken and everything unacknowledged is resent.
+    last_progress: u64,
+    /// Ops were dropped from a full outbox: anti-entropy must run with this peer.
+    needs_sync: bool,
 }
 
 struct Node {
@@ -108,6 +121,8 @@ struct Node {
     /// Volatile: writes waiting for their quorum, and edge writes waiting for the owner.
     pending: HashMap<WriteId, Pending>,
     forwarded: HashMap<WriteId, SimOp>,
+    /// Volatile: one outbox per peer (lost in a crash, like the relay's memory).
+    links: BTreeMap<usize, Link>,
 }
 
 struct Params {
@@ -121,6 +136,8 @@ struct Params {
     page: usize,
     buckets: u32,
     ae_period: u64,
+    /// Ops each peer outbox holds (small, so overflow happens).
+    outbox: usize,
     /// Node joining the mesh part-way (membership change), if any.
     late_joiner: bool,
 }
@@ -151,6 +168,7 @@ impl Sim {
                 hlc: Hlc::new(i as u64 + 1, u64::MAX),
                 pending: HashMap::new(),
                 forwarded: HashMap::new(),
+                links: BTreeMap::new(),
             })
             .collect();
         let initial = if p.late_joiner { p.nodes - 1 } else { p.nodes };
@@ -186,13 +204,64 @@ impl Sim {
         self.nodes[a].up && self.nodes[b].up && self.partition.as_ref().is_none_or(|g| g[a] == g[b])
     }
 
-    fn send(&mut self, from: usize, to: usize, msg: Msg) {
+    /// Sends `msg`; false when it was lost (down, partitioned or dropped).
+    fn send(&mut self, from: usize, to: usize, msg: Msg) -> bool {
         if !self.connected(from, to) || (self.faults && self.rng.chance(self.p.drop_percent)) {
-            return;
+            return false;
         }
         let delay = 1 + if self.faults { self.rng.below(self.p.max_delay) } else { 0 };
         self.seq += 1;
         self.in_flight.insert((self.now + delay, self.seq), (from, to, msg));
+        true
+    }
+
+    fn link(&mut self, at: usize, to: usize) -> &mut Link {
+        let (cap, now) = (self.p.outbox, self.now);
+        self.nodes[at].links.entry(to).or_insert_with(|| Link {
+            outbox: Outbox::new(cap, usize::MAX),
+            last_progress: now,
+            needs_sync: false,
+        })
+    }
+
+    /// Queues `op` for `to`; `None` when the outbox is full (then anti-entropy repairs `to`).
+    fn enqueue(&mut self, at: usize, to: usize, op: SimOp) -> Option<u64> {
+        let link = self.link(at, to);
+        let seq = link.outbox.push(op, 1);
+        link.needs_sync |= seq.is_none();
+        seq
+    }
+
+    /// Drives every outbox of `at`: sends the next batch, or treats a stream
+    /// silent for too long as broken (resend from the last acknowledgement),
+    /// and runs anti-entropy for peers whose outbox overflowed.
+    fn pump(&mut self, at: usize) {
+        let peers: Vec<usize> = self.nodes[at].links.keys().copied().collect();
+        let (batch, patience) = (self.p.page, 3 * self.p.max_delay + 2);
+        for to in peers {
+            let now = self.now;
+            let link = self.nodes[at].links.get_mut(&to).expect("listed");
+            if link.outbox.is_empty() {
+                link.last_progress = now;
+            } else if now - link.last_progress > patience {
+                link.outbox.reconnected();
+                link.last_progress = now;
+            }
+            let next = link.outbox.next_batch(batch).map(|(seq, ops)| (seq, ops.into_iter().cloned().collect()));
+            let sync = std::mem::take(&mut link.needs_sync);
+            if let Some((seq, ops)) = next
+                && !self.send(at, to, Msg::Replicate { ops, seq })
+            {
+                // The stream broke: everything unacknowledged goes again on the next one.
+                let link = self.nodes[at].links.get_mut(&to).expect("listed");
+                link.outbox.reconnected();
+            }
+            if sync && self.connected(at, to) {
+                self.anti_entropy_with(at, Some(to));
+            } else if sync {
+                self.nodes[at].links.get_mut(&to).expect("listed").needs_sync = true;
+            }
+        }
     }
 
     fn apply(&mut self, at: usize, op: &SimOp) {
@@ -208,23 +277,31 @@ impl Sim {
         self.next_write += 1;
         let others: Vec<usize> =
             self.owners_of(shard_of(&op.space, self.p.shards)).into_iter().filter(|&o| o != at).collect();
-        self.nodes[at].pending.insert(write, Pending { acks: BTreeSet::from([at]), edge, op: op.clone() });
+        let mut waits = Vec::new();
         for o in others {
-            self.send(at, o, Msg::Replicate { ops: vec![op.clone()], write: Some(write) });
+            if let Some(seq) = self.enqueue(at, o, op.clone()) {
+                waits.push((o, seq));
+            }
         }
+        self.nodes[at].pending.insert(write, Pending { waits, edge, op: op.clone() });
         self.check_quorum(at, write);
     }
 
     fn check_quorum(&mut self, at: usize, write: WriteId) {
         let quorum = self.p.quorum;
         let Some(p) = self.nodes[at].pending.get(&write) else { return };
-        if p.acks.len() < quorum {
+        let node = &self.nodes[at];
+        let durable_elsewhere =
+            p.waits.iter().filter(|(o, seq)| node.links.get(o).is_some_and(|l| l.outbox.acked() >= *seq)).count();
+        if 1 + durable_elsewhere < quorum {
             return;
         }
         let p = self.nodes[at].pending.remove(&write).expect("present");
         match p.edge {
             None => self.acked.push(p.op),
-            Some((edge, id)) => self.send(at, edge, Msg::ForwardAck { write: id }),
+            Some((edge, id)) => {
+                self.send(at, edge, Msg::ForwardAck { write: id });
+            }
         }
     }
 
@@ -279,7 +356,12 @@ impl Sim {
             if let Some(last) = ops.last() {
                 after = Some(last.key.as_bytes().to_vec());
             }
-            self.send(at, to, Msg::Replicate { ops, write: None });
+            for op in ops {
+                // A full outbox: stop; the overflow mark brings anti-entropy back.
+                if self.enqueue(at, to, op).is_none() {
+                    return;
+                }
+            }
             if !more {
                 break;
             }
@@ -289,11 +371,15 @@ impl Sim {
     /// Starts anti-entropy for every shard `at` owns or holds data of, with
     /// each of the shard's current owners.
     fn anti_entropy(&mut self, at: usize) {
+        self.anti_entropy_with(at, None);
+    }
+
+    fn anti_entropy_with(&mut self, at: usize, only: Option<usize>) {
         let mut shards: BTreeSet<u32> = self.nodes[at].spaces.keys().map(|s| shard_of(s, self.p.shards)).collect();
         shards.extend((0..self.p.shards).filter(|&s| self.owners_of(s).contains(&at)));
         for shard in shards {
             for o in self.owners_of(shard) {
-                if o != at {
+                if o != at && only.is_none_or(|x| x == o) {
                     self.send(at, o, Msg::DigestReq { shard });
                 }
             }
@@ -302,18 +388,24 @@ impl Sim {
 
     fn deliver(&mut self, from: usize, to: usize, msg: Msg) {
         match msg {
-            Msg::Replicate { ops, write } => {
+            Msg::Replicate { ops, seq } => {
                 for op in &ops {
                     self.apply(to, op);
                 }
-                if let Some(write) = write {
-                    self.send(to, from, Msg::ReplicateAck { write });
-                }
+                self.send(to, from, Msg::ReplicateAck { seq });
             }
-            Msg::ReplicateAck { write } => {
-                if let Some(p) = self.nodes[to].pending.get_mut(&write) {
-                    p.acks.insert(from);
-                    self.check_quorum(to, write);
+            Msg::ReplicateAck { seq } => {
+                let now = self.now;
+                if let Some(link) = self.nodes[to].links.get_mut(&from)
+                    && link.outbox.ack(seq)
+                {
+                    link.last_progress = now;
+                    // Sorted: the map's order is random, and the run must not be.
+                    let mut writes: Vec<WriteId> = self.nodes[to].pending.keys().copied().collect();
+                    writes.sort_unstable();
+                    for w in writes {
+                        self.check_quorum(to, w);
+                    }
                 }
             }
             Msg::Forward { write, op } => self.accept(to, op, Some((from, write))),
@@ -332,9 +424,11 @@ impl Sim {
                     match d {
                         SpaceDiff::LocalOnly(space) => self.push_all(to, from, &space, None),
                         SpaceDiff::RemoteOnly(space) => {
-                            self.send(to, from, Msg::FetchReq { space, wanted: None, after: None })
+                            self.send(to, from, Msg::FetchReq { space, wanted: None, after: None });
                         }
-                        SpaceDiff::Differs(space) => self.send(to, from, Msg::BucketsReq { space }),
+                        SpaceDiff::Differs(space) => {
+                            self.send(to, from, Msg::BucketsReq { space });
+                        }
                     }
                 }
             }
@@ -373,6 +467,7 @@ impl Sim {
         n.up = false;
         n.pending.clear();
         n.forwarded.clear();
+        n.links.clear();
     }
 
     fn restart(&mut self, at: usize) {
@@ -389,6 +484,11 @@ impl Sim {
             let (from, to, msg) = entry.remove();
             if self.connected(from, to) {
                 self.deliver(from, to, msg);
+            }
+        }
+        for at in 0..self.nodes.len() {
+            if self.nodes[at].up {
+                self.pump(at);
             }
         }
         if !self.faults {
@@ -503,6 +603,7 @@ fn params(seed: u64) -> Params {
         page: 4,
         buckets: 8,
         ae_period: 200,
+        outbox: 32,
         late_joiner: seed % 4 == 3,
     }
 }
