@@ -17,6 +17,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use aether_core::edge::{Command, EdgeRouter};
 use aether_core::{Key, Stamp};
 use aether_proto::v1::{EdgeEvent, EdgeRequest, ForwardedOp, Op as PbOp, edge_event, edge_request};
 use tokio::sync::{mpsc, watch};
@@ -35,35 +36,28 @@ use crate::space::SpaceHub;
 pub struct Edges {
     state: Mutex<State>,
     view: watch::Receiver<Arc<View>>,
-    max_pending: usize,
     transport: MeshTransport,
     metrics: Metrics,
 }
 
-#[derive(Default)]
 struct State {
+    /// Which owner each space follows, and which writes go where (sans-IO, in core).
+    router: EdgeRouter<Forwarded>,
     links: HashMap<String, Link>,
     spaces: HashMap<Arc<str>, EdgeSpace>,
-    pending: HashMap<u64, Forwarded>,
     /// Stamp of each pending write → its writer's connection (not sent the op twice).
     by_stamp: HashMap<Stamp, u64>,
-    next_id: u64,
-    /// Link openings, counted over all links, so a replaced link never reuses an epoch.
-    next_epoch: u64,
 }
 
 struct Link {
     addr: String,
-    /// Set while the stream is open; `epoch` counts openings.
+    /// Set while the stream is open.
     tx: Option<mpsc::UnboundedSender<EdgeRequest>>,
-    epoch: u64,
     task: JoinHandle<()>,
 }
 
 struct EdgeSpace {
     hub: Arc<SpaceHub>,
-    /// The owner and link epoch the subscription was sent on.
-    upstream: Option<(String, u64)>,
     loaded: watch::Sender<bool>,
 }
 
@@ -75,7 +69,11 @@ struct Forwarded {
     writer: Subscriber,
     event: Arc<OpEvent>,
     received: Instant,
-    sent_on: Option<(String, u64)>,
+}
+
+/// The owners of `space` other than this relay, in placement order.
+fn owners_of(view: &View) -> impl Fn(&str) -> Vec<String> + '_ {
+    move |space| view.owners(view.shard_of(space)).filter(|o| *o != view.me).map(str::to_owned).collect()
 }
 
 /// A write an edge sends to the space's owner.
@@ -108,7 +106,13 @@ impl Edges {
         max_pending: usize,
         metrics: Metrics,
     ) -> Arc<Self> {
-        Arc::new(Self { state: Mutex::default(), view, max_pending, transport, metrics })
+        let state = State {
+            router: EdgeRouter::new(max_pending),
+            links: HashMap::new(),
+            spaces: HashMap::new(),
+            by_stamp: HashMap::new(),
+        };
+        Arc::new(Self { state: Mutex::new(state), view, transport, metrics })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -119,8 +123,10 @@ impl Edges {
     pub fn subscribe(self: &Arc<Self>, view: &View, hub: Arc<SpaceHub>) {
         let mut st = self.lock();
         let name = hub.name().clone();
-        st.spaces.entry(name).or_insert_with(|| EdgeSpace { hub, upstream: None, loaded: watch::channel(false).0 });
-        self.route(&mut st, view);
+        st.spaces.entry(name.clone()).or_insert_with(|| EdgeSpace { hub, loaded: watch::channel(false).0 });
+        let mut cmds = st.router.follow(&name, owners_of(view));
+        cmds.extend(self.sync_links(&mut st, view));
+        st.exec(cmds);
     }
 
     /// Resolves once `space`'s first snapshot has been merged (immediately if unknown).
@@ -128,81 +134,57 @@ impl Edges {
         self.lock().spaces.get(space).map(|s| s.loaded.subscribe())
     }
 
-    /// Stops following `space`.
-    /// Writes still waiting for the owner's acknowledgement fail (their
-    /// writers get an `error`): nothing would resend them any more.
+    /// Stops following `space`. Writes still waiting for the owner's
+    /// acknowledgement fail (their writers get an `error`): nothing would
+    /// resend them any more.
     pub fn unsubscribe(&self, space: &str) {
         let mut st = self.lock();
-        if let Some(s) = st.spaces.remove(space)
-            && let Some((owner, _)) = s.upstream
-        {
-            let req = EdgeRequest { kind: Some(edge_request::Kind::Unsubscribe(space.to_owned())) };
-            st.send(&owner, req);
-        }
-        let orphans: Vec<u64> = st.pending.iter().filter(|(_, w)| &*w.space == space).map(|(id, _)| *id).collect();
-        for id in orphans {
-            if let Some(w) = st.pending.remove(&id) {
-                st.by_stamp.remove(&w.stamp);
-                let msg = "the relay stopped following this space before its owner confirmed the write";
-                w.writer.offer(Outbound::Text(json_wire::encode_error("write-failed", msg)));
-            }
+        let (cmds, orphans) = st.router.unfollow(space);
+        st.exec(cmds);
+        st.spaces.remove(space);
+        for w in orphans {
+            st.by_stamp.remove(&w.stamp);
+            let msg = "the relay stopped following this space before its owner confirmed the write";
+            w.writer.offer(Outbound::Text(json_wire::encode_error("write-failed", msg)));
         }
     }
 
     /// Names of followed spaces.
     pub fn spaces(&self) -> Vec<Arc<str>> {
-        self.lock().spaces.keys().cloned().collect()
+        self.lock().router.spaces().map(Arc::from).collect()
     }
 
     /// Forwards a write stamped here to the space's owner. The writer's echo
     /// (`w.event`) is queued to it when the owner acknowledges.
     pub fn forward(&self, space: &Arc<str>, writer: &Subscriber, w: Outgoing) -> Result<(), ForwardError> {
         let Outgoing { op, trace, stamp, event, received } = w;
+        let view = self.view.borrow().clone();
         let mut st = self.lock();
-        if st.pending.len() >= self.max_pending {
-            return Err(ForwardError::Overloaded);
-        }
-        st.next_id += 1;
-        let id = st.next_id;
-        let upstream = st.spaces.get(space).and_then(|s| s.upstream.clone());
-        let mut fwd = Forwarded {
-            space: space.clone(),
-            op,
-            trace,
-            stamp,
-            writer: writer.clone(),
-            event,
-            received,
-            sent_on: None,
-        };
-        if let Some((owner, epoch)) = upstream
-            && st.send(&owner, write_request(id, &fwd))
-        {
-            fwd.sent_on = Some((owner, epoch));
-        }
+        let fwd = Forwarded { space: space.clone(), op, trace, stamp, writer: writer.clone(), event, received };
+        let (_, cmds) = st.router.forward(space, fwd, owners_of(&view)).map_err(|_| ForwardError::Overloaded)?;
         st.by_stamp.insert(stamp, writer.conn);
-        st.pending.insert(id, fwd);
+        st.exec(cmds);
         Ok(())
     }
 
-    /// Re-evaluates links and routes after a membership change or a link
-    /// going up or down: spawns links to new owners, stops links to departed
-    /// members, moves spaces to the first reachable owner and (re)sends
-    /// subscriptions and pending writes that have not reached the current
-    /// link epoch.
+    /// Re-evaluates links and routes after a membership change.
     pub fn reroute(self: &Arc<Self>, view: &View) {
         let mut st = self.lock();
-        self.route(&mut st, view);
+        let mut cmds = self.sync_links(&mut st, view);
+        cmds.extend(st.router.route(owners_of(view)));
+        st.exec(cmds);
     }
 
-    fn route(self: &Arc<Self>, st: &mut State, view: &View) {
-        // Links to every owner of a followed space; departed members' links stop.
-        let mut wanted: HashMap<String, String> = HashMap::new();
-        for name in st.spaces.keys() {
-            for o in view.owners(view.shard_of(name)).filter(|o| *o != view.me) {
-                wanted.insert(o.to_owned(), view.members[o].clone());
-            }
-        }
+    /// Keeps one link task per owner the router needs: spawns links to new
+    /// owners, stops links to departed ones (or ones whose address changed);
+    /// what went over a stopped link is routed again.
+    fn sync_links(self: &Arc<Self>, st: &mut State, view: &View) -> Vec<Command> {
+        let wanted: HashMap<String, String> = st
+            .router
+            .wanted_links(owners_of(view))
+            .into_iter()
+            .filter_map(|o| view.members.get(&o).map(|a| (o, a.clone())))
+            .collect();
         let mut dropped = Vec::new();
         st.links.retain(|name, link| {
             let keep = wanted.get(name).is_some_and(|a| *a == link.addr);
@@ -212,47 +194,17 @@ impl Edges {
             }
             keep
         });
-        // Whatever went over a dropped link is routed (and sent) again below.
-        for s in st.spaces.values_mut() {
-            if s.upstream.as_ref().is_some_and(|(o, _)| dropped.contains(o)) {
-                s.upstream = None;
-            }
-        }
-        for w in st.pending.values_mut() {
-            if w.sent_on.as_ref().is_some_and(|(o, _)| dropped.contains(o)) {
-                w.sent_on = None;
-            }
+        let mut cmds = Vec::new();
+        for owner in dropped {
+            cmds.extend(st.router.link_down(&owner, owners_of(view)));
         }
         for (name, addr) in wanted {
             if let std::collections::hash_map::Entry::Vacant(e) = st.links.entry(name) {
                 let task = tokio::spawn(self.clone().run_link(e.key().clone(), addr.clone()));
-                e.insert(Link { addr, tx: None, epoch: 0, task });
+                e.insert(Link { addr, tx: None, task });
             }
         }
-        let State { links, spaces, pending, .. } = st;
-        let current = |o: &str| links.get(o).filter(|l| l.tx.is_some()).map(|l| (o.to_owned(), l.epoch));
-        for (name, s) in spaces.iter_mut() {
-            let target = view.owners(view.shard_of(name)).filter(|o| *o != view.me).find_map(current);
-            if target == s.upstream {
-                continue;
-            }
-            if let Some((old, _)) = &s.upstream
-                && target.as_ref().is_none_or(|(t, _)| t != old)
-            {
-                let req = EdgeRequest { kind: Some(edge_request::Kind::Unsubscribe(name.to_string())) };
-                send_on(links, old, req);
-            }
-            if let Some((owner, _)) = &target {
-                send_on(links, owner, EdgeRequest { kind: Some(edge_request::Kind::Subscribe(name.to_string())) });
-            }
-            s.upstream = target;
-        }
-        for (id, w) in pending.iter_mut() {
-            let Some(up) = spaces.get(&w.space).and_then(|s| s.upstream.clone()) else { continue };
-            if w.sent_on.as_ref() != Some(&up) && send_on(links, &up.0, write_request(*id, w)) {
-                w.sent_on = Some(up);
-            }
-        }
+        cmds
     }
 
     fn on_event(&self, event: EdgeEvent) {
@@ -280,7 +232,7 @@ impl Edges {
             }
             edge_event::Kind::Acks(acks) => {
                 for id in acks.ids {
-                    let Some(w) = st.pending.remove(&id) else { continue };
+                    let Some((_, w)) = st.router.acked(id) else { continue };
                     // The owner's op event may come before or after its ack (they travel
                     // on different tasks there). Merging the write here, now, makes the
                     // order irrelevant: whichever comes second is a duplicate, and the
@@ -295,7 +247,7 @@ impl Edges {
                 }
             }
             edge_event::Kind::Error(err) => {
-                if let Some(w) = st.pending.remove(&err.id) {
+                if let Some((_, w)) = st.router.acked(err.id) {
                     st.by_stamp.remove(&w.stamp);
                     let code = if err.code.is_empty() { "write-failed" } else { err.code.as_str() };
                     w.writer.offer(Outbound::Text(json_wire::encode_error(code, &err.message)));
@@ -328,19 +280,13 @@ impl Edges {
 
     fn link_up(self: &Arc<Self>, owner: &str, tx: mpsc::UnboundedSender<EdgeRequest>, view: &View) {
         let mut st = self.lock();
-        st.next_epoch += 1;
-        let epoch = st.next_epoch;
-        if let Some(link) = st.links.get_mut(owner) {
-            link.epoch = epoch;
-            link.tx = Some(tx);
+        match st.links.get_mut(owner) {
+            Some(link) => link.tx = Some(tx),
+            // Stopped meanwhile (membership change): this stream is not used.
+            None => return,
         }
-        // Spaces already routed to this owner subscribe again on the new stream.
-        for s in st.spaces.values_mut() {
-            if s.upstream.as_ref().is_some_and(|(o, _)| o == owner) {
-                s.upstream = None;
-            }
-        }
-        self.route(&mut st, view);
+        let cmds = st.router.link_up(owner, owners_of(view));
+        st.exec(cmds);
     }
 
     fn link_down(self: &Arc<Self>, owner: &str, view: &View) {
@@ -348,12 +294,8 @@ impl Edges {
         if let Some(link) = st.links.get_mut(owner) {
             link.tx = None;
         }
-        for s in st.spaces.values_mut() {
-            if s.upstream.as_ref().is_some_and(|(o, _)| o == owner) {
-                s.upstream = None;
-            }
-        }
-        self.route(&mut st, view);
+        let cmds = st.router.link_down(owner, owners_of(view));
+        st.exec(cmds);
     }
 
     async fn run_link(self: Arc<Self>, owner: String, addr: String) {
@@ -392,13 +334,28 @@ impl Edges {
 }
 
 impl State {
-    fn send(&self, owner: &str, req: EdgeRequest) -> bool {
-        send_on(&self.links, owner, req)
+    /// Carries out the router's commands on the open streams. A command for a
+    /// stream that is gone is dropped: its closing tells the router, which
+    /// sends again on the next stream.
+    fn exec(&self, cmds: Vec<Command>) {
+        for cmd in cmds {
+            let (owner, req) = match cmd {
+                Command::Subscribe { owner, space } => {
+                    (owner, EdgeRequest { kind: Some(edge_request::Kind::Subscribe(space)) })
+                }
+                Command::Unsubscribe { owner, space } => {
+                    (owner, EdgeRequest { kind: Some(edge_request::Kind::Unsubscribe(space)) })
+                }
+                Command::Send { owner, id } => match self.router.write(id) {
+                    Some(w) => (owner, write_request(id, w)),
+                    None => continue,
+                },
+            };
+            if let Some(tx) = self.links.get(&owner).and_then(|l| l.tx.as_ref()) {
+                let _ = tx.send(req);
+            }
+        }
     }
-}
-
-fn send_on(links: &HashMap<String, Link>, owner: &str, req: EdgeRequest) -> bool {
-    links.get(owner).and_then(|l| l.tx.as_ref()).is_some_and(|tx| tx.send(req).is_ok())
 }
 
 fn write_request(id: u64, w: &Forwarded) -> EdgeRequest {
