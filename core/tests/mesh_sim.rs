@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use aether_core::edge::{Command as EdgeCommand, EdgeRouter};
 use aether_core::outbox::Outbox;
 use aether_core::placement::{owners, shard_of};
 use aether_core::space::Digest;
@@ -120,7 +121,9 @@ struct Node {
     hlc: Hlc,
     /// Volatile: writes waiting for their quorum, and edge writes waiting for the owner.
     pending: HashMap<WriteId, Pending>,
-    forwarded: HashMap<WriteId, SimOp>,
+    /// Volatile: the relay's own edge router, and which owners' streams it has open.
+    router: EdgeRouter<SimOp>,
+    edge_up: BTreeSet<usize>,
     /// Volatile: one outbox per peer (lost in a crash, like the relay's memory).
     links: BTreeMap<usize, Link>,
 }
@@ -154,6 +157,8 @@ struct Sim {
     /// Group id per node while partitioned.
     partition: Option<Vec<u8>>,
     acked: Vec<SimOp>,
+    /// Of which acknowledged to an edge by an owner.
+    edge_acked: usize,
     faults: bool,
 }
 
@@ -167,7 +172,8 @@ impl Sim {
                 spaces: HashMap::new(),
                 hlc: Hlc::new(i as u64 + 1, u64::MAX),
                 pending: HashMap::new(),
-                forwarded: HashMap::new(),
+                router: EdgeRouter::new(64),
+                edge_up: BTreeSet::new(),
                 links: BTreeMap::new(),
             })
             .collect();
@@ -185,6 +191,7 @@ impl Sim {
             next_write: 1,
             partition: None,
             acked: Vec::new(),
+            edge_acked: 0,
             faults: true,
         };
         if sim.p.late_joiner {
@@ -300,7 +307,12 @@ impl Sim {
         match p.edge {
             None => self.acked.push(p.op),
             Some((edge, id)) => {
-                self.send(at, edge, Msg::ForwardAck { write: id });
+                // A lost acknowledgement is a broken stream: the edge reconnects and resends.
+                if !self.send(at, edge, Msg::ForwardAck { write: id }) && self.nodes[edge].edge_up.remove(&at) {
+                    let (owners, me) = (self.owner_names(edge), self.nodes[at].name.clone());
+                    let cmds = self.nodes[edge].router.link_down(&me, &owners);
+                    self.exec_edge(edge, cmds);
+                }
             }
         }
     }
@@ -320,11 +332,64 @@ impl Sim {
         if owners.contains(&at) {
             self.accept(at, op, None);
         } else {
-            let id = self.next_write;
-            self.next_write += 1;
-            let to = owners[self.rng.below(owners.len() as u64) as usize];
-            self.nodes[at].forwarded.insert(id, op.clone());
-            self.send(at, to, Msg::Forward { write: id, op });
+            // An edge: the relay's router picks the owner and (re)sends until acknowledged.
+            let owners = self.owner_names(at);
+            let space = op.space.clone();
+            let mut cmds = self.nodes[at].router.follow(&space, &owners);
+            if let Ok((_, more)) = self.nodes[at].router.forward(&space, op, &owners) {
+                cmds.extend(more);
+            }
+            self.exec_edge(at, cmds);
+        }
+    }
+
+    /// For `at`'s router: the owners of a space other than `at`, in placement order.
+    fn owner_names(&self, at: usize) -> impl Fn(&str) -> Vec<String> + use<> {
+        let (members, r, shards, me) =
+            (self.members.clone(), self.p.replication, self.p.shards, self.nodes[at].name.clone());
+        move |space| {
+            owners(shard_of(space, shards), &members, r).into_iter().filter(|o| *o != me).map(str::to_owned).collect()
+        }
+    }
+
+    fn node_index(&self, name: &str) -> usize {
+        self.nodes.iter().position(|n| n.name == name).expect("member is a node")
+    }
+
+    /// Carries out edge commands; a write that cannot be sent means the
+    /// stream broke: the router is told, and routes it elsewhere or later.
+    fn exec_edge(&mut self, at: usize, cmds: Vec<EdgeCommand>) {
+        let mut queue: std::collections::VecDeque<EdgeCommand> = cmds.into();
+        while let Some(cmd) = queue.pop_front() {
+            let EdgeCommand::Send { owner, id } = cmd else { continue }; // no edge caches in the model
+            let to = self.node_index(&owner);
+            let Some(op) = self.nodes[at].router.write(id).cloned() else { continue };
+            if !self.send(at, to, Msg::Forward { write: id, op }) {
+                self.nodes[at].edge_up.remove(&to);
+                let owners = self.owner_names(at);
+                queue.extend(self.nodes[at].router.link_down(&owner, &owners));
+            }
+        }
+    }
+
+    /// Opens and closes `at`'s edge streams as the network allows, like the
+    /// relay's link tasks do.
+    fn edge_links(&mut self, at: usize) {
+        let owners = self.owner_names(at);
+        let wanted = self.nodes[at].router.wanted_links(&owners);
+        for owner in wanted {
+            let to = self.node_index(&owner);
+            let (can, is) = (self.connected(at, to), self.nodes[at].edge_up.contains(&to));
+            let cmds = if can && !is {
+                self.nodes[at].edge_up.insert(to);
+                self.nodes[at].router.link_up(&owner, &owners)
+            } else if !can && is {
+                self.nodes[at].edge_up.remove(&to);
+                self.nodes[at].router.link_down(&owner, &owners)
+            } else {
+                continue;
+            };
+            self.exec_edge(at, cmds);
         }
     }
 
@@ -410,8 +475,9 @@ impl Sim {
             }
             Msg::Forward { write, op } => self.accept(to, op, Some((from, write))),
             Msg::ForwardAck { write } => {
-                if let Some(op) = self.nodes[to].forwarded.remove(&write) {
+                if let Some((_, op)) = self.nodes[to].router.acked(write) {
                     self.acked.push(op);
+                    self.edge_acked += 1;
                 }
             }
             Msg::DigestReq { shard } => {
@@ -466,7 +532,8 @@ impl Sim {
         let n = &mut self.nodes[at];
         n.up = false;
         n.pending.clear();
-        n.forwarded.clear();
+        n.router = EdgeRouter::new(64);
+        n.edge_up.clear();
         n.links.clear();
     }
 
@@ -488,6 +555,7 @@ impl Sim {
         }
         for at in 0..self.nodes.len() {
             if self.nodes[at].up {
+                self.edge_links(at);
                 self.pump(at);
             }
         }
@@ -618,12 +686,15 @@ fn seeds() -> Vec<u64> {
 
 #[test]
 fn replicas_converge_and_keep_every_acknowledged_op() {
-    let mut failures = Vec::new();
+    let (mut failures, mut via_edges) = (Vec::new(), 0);
     for seed in seeds() {
-        if let Err(e) = Sim::new(seed, params(seed)).run() {
+        let mut sim = Sim::new(seed, params(seed));
+        if let Err(e) = sim.run() {
             failures.push(format!("seed {seed}: {e}"));
         }
+        via_edges += sim.edge_acked;
     }
+    assert!(via_edges > 0, "no write went through an edge: the router was not exercised");
     assert!(
         failures.is_empty(),
         "{} failing seed(s), rerun one with AETHER_SIM_SEED:\n{}",
