@@ -269,9 +269,16 @@ impl Client {
 }
 
 /// A loopback TCP port that was free a moment ago (for addresses peers must
-/// know before a relay starts).
+/// know before a relay starts). Chosen below the kernel's ephemeral range
+/// (32768 and up), so the port-0 listeners of relays started meanwhile by
+/// other tests cannot take it before its relay binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    loop {
+        let port = rand::random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A fresh temporary directory.

@@ -62,8 +62,16 @@ impl Drop for Member {
     }
 }
 
+/// A free port below the kernel's ephemeral range, so the relays' own port-0
+/// listeners cannot take it before its relay binds it.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port found in 20000..32000")
 }
 
 fn spawn(m: &mut Member, peers: &[String], replication: usize, quorum: usize) -> anyhow::Result<()> {
