@@ -111,6 +111,8 @@ struct Link {
     last_progress: u64,
     /// Ops were dropped from a full outbox: anti-entropy must run with this peer.
     needs_sync: bool,
+    /// The connection the stream runs on; a new one means starting over.
+    conn: u64,
 }
 
 struct Node {
@@ -123,7 +125,8 @@ struct Node {
     pending: HashMap<WriteId, Pending>,
     /// Volatile: the relay's own edge router, and which owners' streams it has open.
     router: EdgeRouter<SimOp>,
-    edge_up: BTreeSet<usize>,
+    /// Owner → the connection its edge stream runs on.
+    edge_up: BTreeMap<usize, u64>,
     /// Volatile: one outbox per peer (lost in a crash, like the relay's memory).
     links: BTreeMap<usize, Link>,
 }
@@ -151,7 +154,15 @@ struct Sim {
     now: u64,
     nodes: Vec<Node>,
     members: Vec<String>,
-    in_flight: BTreeMap<(u64, u64), (usize, usize, Msg)>,
+    /// (deliver at, seq) → (from, to, connection id, message).
+    in_flight: BTreeMap<(u64, u64), (usize, usize, u64, Msg)>,
+    /// The current connection between two nodes (unordered pair). Like a TCP
+    /// connection it delivers in order or breaks: a lost message or a crash
+    /// breaks it, nothing sent on a broken one arrives, and senders notice and
+    /// start over on the next (as the relay's streams do).
+    conns: BTreeMap<(usize, usize), u64>,
+    /// Last scheduled delivery per direction (FIFO per connection).
+    last_delivery: BTreeMap<(usize, usize), u64>,
     seq: u64,
     next_write: WriteId,
     /// Group id per node while partitioned.
@@ -173,7 +184,7 @@ impl Sim {
                 hlc: Hlc::new(i as u64 + 1, u64::MAX),
                 pending: HashMap::new(),
                 router: EdgeRouter::new(64),
-                edge_up: BTreeSet::new(),
+                edge_up: BTreeMap::new(),
                 links: BTreeMap::new(),
             })
             .collect();
@@ -187,6 +198,8 @@ impl Sim {
             nodes,
             members,
             in_flight: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            last_delivery: BTreeMap::new(),
             seq: 0,
             next_write: 1,
             partition: None,
@@ -214,20 +227,33 @@ impl Sim {
     /// Sends `msg`; false when it was lost (down, partitioned or dropped).
     fn send(&mut self, from: usize, to: usize, msg: Msg) -> bool {
         if !self.connected(from, to) || (self.faults && self.rng.chance(self.p.drop_percent)) {
+            self.break_conn(from, to);
             return false;
         }
         let delay = 1 + if self.faults { self.rng.below(self.p.max_delay) } else { 0 };
+        let at = (self.now + delay).max(self.last_delivery.get(&(from, to)).copied().unwrap_or(0));
+        self.last_delivery.insert((from, to), at);
         self.seq += 1;
-        self.in_flight.insert((self.now + delay, self.seq), (from, to, msg));
+        let conn = self.conn(from, to);
+        self.in_flight.insert((at, self.seq), (from, to, conn, msg));
         true
     }
 
+    fn conn(&self, a: usize, b: usize) -> u64 {
+        self.conns.get(&(a.min(b), a.max(b))).copied().unwrap_or(0)
+    }
+
+    fn break_conn(&mut self, a: usize, b: usize) {
+        *self.conns.entry((a.min(b), a.max(b))).or_insert(0) += 1;
+    }
+
     fn link(&mut self, at: usize, to: usize) -> &mut Link {
-        let (cap, now) = (self.p.outbox, self.now);
+        let (cap, now, conn) = (self.p.outbox, self.now, self.conn(at, to));
         self.nodes[at].links.entry(to).or_insert_with(|| Link {
             outbox: Outbox::new(cap, usize::MAX),
             last_progress: now,
             needs_sync: false,
+            conn,
         })
     }
 
@@ -246,8 +272,14 @@ impl Sim {
         let peers: Vec<usize> = self.nodes[at].links.keys().copied().collect();
         let (batch, patience) = (self.p.page, 3 * self.p.max_delay + 2);
         for to in peers {
-            let now = self.now;
+            let (now, conn) = (self.now, self.conn(at, to));
             let link = self.nodes[at].links.get_mut(&to).expect("listed");
+            if link.conn != conn {
+                // A new connection: everything unacknowledged goes again.
+                link.outbox.reconnected();
+                link.conn = conn;
+                link.last_progress = now;
+            }
             if link.outbox.is_empty() {
                 link.last_progress = now;
             } else if now - link.last_progress > patience {
@@ -308,7 +340,8 @@ impl Sim {
             None => self.acked.push(p.op),
             Some((edge, id)) => {
                 // A lost acknowledgement is a broken stream: the edge reconnects and resends.
-                if !self.send(at, edge, Msg::ForwardAck { write: id }) && self.nodes[edge].edge_up.remove(&at) {
+                if !self.send(at, edge, Msg::ForwardAck { write: id }) && self.nodes[edge].edge_up.remove(&at).is_some()
+                {
                     let (owners, me) = (self.owner_names(edge), self.nodes[at].name.clone());
                     let cmds = self.nodes[edge].router.link_down(&me, &owners);
                     self.exec_edge(edge, cmds);
@@ -379,17 +412,19 @@ impl Sim {
         let wanted = self.nodes[at].router.wanted_links(&owners);
         for owner in wanted {
             let to = self.node_index(&owner);
-            let (can, is) = (self.connected(at, to), self.nodes[at].edge_up.contains(&to));
-            let cmds = if can && !is {
-                self.nodes[at].edge_up.insert(to);
-                self.nodes[at].router.link_up(&owner, &owners)
-            } else if !can && is {
+            let (can, conn) = (self.connected(at, to), self.conn(at, to));
+            let was = self.nodes[at].edge_up.get(&to).copied();
+            if was.is_some() && was != Some(conn) || was.is_some() && !can {
+                // The stream's connection broke: the router moves its spaces and writes.
                 self.nodes[at].edge_up.remove(&to);
-                self.nodes[at].router.link_down(&owner, &owners)
-            } else {
-                continue;
-            };
-            self.exec_edge(at, cmds);
+                let cmds = self.nodes[at].router.link_down(&owner, &owners);
+                self.exec_edge(at, cmds);
+            }
+            if can && !self.nodes[at].edge_up.contains_key(&to) {
+                self.nodes[at].edge_up.insert(to, conn);
+                let cmds = self.nodes[at].router.link_up(&owner, &owners);
+                self.exec_edge(at, cmds);
+            }
         }
     }
 
@@ -529,6 +564,11 @@ impl Sim {
     }
 
     fn crash(&mut self, at: usize) {
+        for other in 0..self.nodes.len() {
+            if other != at {
+                self.break_conn(at, other);
+            }
+        }
         let n = &mut self.nodes[at];
         n.up = false;
         n.pending.clear();
@@ -548,9 +588,14 @@ impl Sim {
             if entry.key().0 > self.now {
                 break;
             }
-            let (from, to, msg) = entry.remove();
+            let (from, to, conn, msg) = entry.remove();
+            if conn != self.conn(from, to) {
+                continue; // sent on a connection that has broken since
+            }
             if self.connected(from, to) {
                 self.deliver(from, to, msg);
+            } else {
+                self.break_conn(from, to);
             }
         }
         for at in 0..self.nodes.len() {
