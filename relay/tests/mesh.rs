@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
-use common::{Client, DEADLINE, Relay, free_port, tempdir};
+use common::{Client, Relay, eventually, free_port, tempdir};
 use serde_json::{Value, json};
 
 struct Mesh {
@@ -66,9 +65,8 @@ impl Mesh {
     /// Waits until, for each of `spaces`, every relay that owns it holds the
     /// same digest and at least `min_owners` relays own it. Panics with the
     /// last state at the deadline.
-    async fn converged(&self, spaces: &[String], min_owners: usize, deadline: Duration) {
-        let until = Instant::now() + deadline;
-        loop {
+    async fn converged(&self, spaces: &[String], min_owners: usize) {
+        eventually("replicas did not converge", || async {
             let mut state = Vec::new();
             for i in 0..self.relays.len() {
                 state.push(self.spaces(i).await);
@@ -80,12 +78,9 @@ impl Mesh {
                     .collect();
                 owners.len() >= min_owners && owners.windows(2).all(|w| w[0] == w[1])
             });
-            if ok {
-                return;
-            }
-            assert!(Instant::now() < until, "replicas did not converge: {state:#?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            if ok { Ok(()) } else { Err(format!("{state:#?}")) }
+        })
+        .await
     }
 }
 
@@ -128,7 +123,7 @@ async fn a_write_on_one_relay_reaches_clients_on_the_others() {
         let roles: Vec<String> = mesh.spaces(i).await.into_values().map(|(r, _)| r).collect();
         assert!(roles.iter().any(|r| r == "edge"), "relay {i} served no space as an edge: {roles:?}");
     }
-    mesh.converged(&spaces, 2, DEADLINE).await;
+    mesh.converged(&spaces, 2).await;
     // A new client on any relay starts from the full state.
     for i in 0..3 {
         let (_, _, snap) = Client::join(&mesh.relay(i).ws_url("space=room-3")).await;
@@ -178,7 +173,7 @@ async fn an_owner_killed_during_writes_catches_up_and_no_acked_write_is_lost() {
         seen.insert(m["key"].as_str().unwrap().to_string(), m["value"].clone());
     }
     assert_eq!(seen, acked);
-    mesh.converged(std::slice::from_ref(&space), 3, DEADLINE).await;
+    mesh.converged(std::slice::from_ref(&space), 3).await;
     // The restarted owner serves everything, including what it missed while down.
     let (_, _, snap) = Client::join(&mesh.relay(1).ws_url("space=ledger")).await;
     let got: BTreeMap<String, Value> = snap.as_object().unwrap().clone().into_iter().collect();
@@ -186,11 +181,11 @@ async fn an_owner_killed_during_writes_catches_up_and_no_acked_write_is_lost() {
     // Snapshots of a mesh member are grouped by shard.
     let snaps = mesh.relay(0).data_dir.join("snapshots");
     let shard_dir = format!("shard-{:05}", aether_core::placement::shard_of(&space, 8));
-    let until = Instant::now() + DEADLINE;
-    while !std::fs::read_dir(&snaps).unwrap().flatten().any(|d| d.path().join(&shard_dir).is_dir()) {
-        assert!(Instant::now() < until, "no per-shard snapshot in {}", snaps.display());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("no per-shard snapshot", || async {
+        let found = std::fs::read_dir(&snaps).unwrap().flatten().any(|d| d.path().join(&shard_dir).is_dir());
+        if found { Ok(()) } else { Err(snaps.display().to_string()) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -225,7 +220,7 @@ async fn write_quorum_two_waits_for_a_second_owner() {
     mesh.restart(2);
     w.send(json!({"type": "set", "key": "d", "value": 4})).await;
     assert_eq!(recv_set(&mut w, "d").await, json!(4));
-    mesh.converged(&["q".to_string()], 3, DEADLINE).await;
+    mesh.converged(&["q".to_string()], 3).await;
     let (_, _, snap) = Client::join(&mesh.relay(2).ws_url("space=q")).await;
     assert_eq!(snap, json!({"a": 1, "b": 2, "c": 3, "d": 4}));
 }
@@ -252,23 +247,16 @@ async fn a_member_added_through_the_membership_file_catches_up() {
     std::fs::write(&file, format!("{}{}{}", line(0), line(1), line(2))).unwrap();
     let r3 = Relay::start_member("r3", ports[2], &[], dirs[2].path(), &extra);
     // The newcomer owns the shard (R = 3 of 3) and fills itself by anti-entropy.
-    let until = Instant::now() + DEADLINE;
-    loop {
+    let (r1, r3) = (&r1, &r3);
+    eventually("the new member did not catch up", || async move {
         let (_, body) = r3.http_get("/v1/admin/spaces").await;
         let (_, reference) = r1.http_get("/v1/admin/spaces").await;
         let v: Value = serde_json::from_str(&body).unwrap();
-        if v["spaces"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["space"] == "grow" && s["role"] == "owner" && s["entries"] == 50)
-            && body == reference
-        {
-            break;
-        }
-        assert!(Instant::now() < until, "the new member did not catch up: {body} vs {reference}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let rows = v["spaces"].as_array().unwrap();
+        let owns = rows.iter().any(|s| s["space"] == "grow" && s["role"] == "owner" && s["entries"] == 50);
+        if owns && body == reference { Ok(()) } else { Err(format!("{body} vs {reference}")) }
+    })
+    .await;
     let (_, shards) = r1.http_get("/v1/admin/shards").await;
     let shards: Value = serde_json::from_str(&shards).unwrap();
     assert_eq!(shards["members"].as_object().unwrap().len(), 3, "r1 picked up the file change");
@@ -322,7 +310,7 @@ async fn writes_through_every_relay_while_an_owner_is_down() {
         }
     }
     mesh.restart(3);
-    mesh.converged(std::slice::from_ref(&space), 3, DEADLINE).await;
+    mesh.converged(std::slice::from_ref(&space), 3).await;
 }
 
 /// A CA and a certificate it signs for 127.0.0.1, written as PEM files.
@@ -376,16 +364,13 @@ async fn relays_replicate_over_mutual_tls_and_refuse_a_foreign_ca() {
     let (mut w, _, _) = Client::join(&r1.ws_url("space=secure")).await;
     w.send(json!({"type": "set", "key": "k", "value": "v"})).await;
     assert_eq!(recv_set(&mut w, "k").await, json!("v"));
-    let until = Instant::now() + DEADLINE;
-    loop {
+    let (r1, r2) = (&r1, &r2);
+    eventually("r2 never got the write over mTLS", || async move {
         let (_, a) = r1.http_get("/v1/admin/spaces").await;
         let (_, b) = r2.http_get("/v1/admin/spaces").await;
-        if a == b && a.contains("secure") {
-            break;
-        }
-        assert!(Instant::now() < until, "r2 never got the write over mTLS: {a} vs {b}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if a == b && a.contains("secure") { Ok(()) } else { Err(format!("{a} vs {b}")) }
+    })
+    .await;
     let (_, shards) = r1.http_get("/v1/admin/shards").await;
     let shards: Value = serde_json::from_str(&shards).unwrap();
     let connected: BTreeMap<String, bool> = shards["peers"]
@@ -425,11 +410,12 @@ async fn an_edge_that_becomes_the_owner_logs_what_it_serves() {
     assert_eq!(r1.admin_spaces().await[&space]["role"], "edge");
     // r2 leaves the membership: r1 owns everything now, and its cache becomes logged state.
     std::fs::write(&file, line(0)).unwrap();
-    let until = Instant::now() + DEADLINE;
-    while r1.admin_spaces().await[&space]["role"] != "owner" {
-        assert!(Instant::now() < until, "r1 never took the space over");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (r, name) = (&r1, &space);
+    eventually("r1 never took the space over", || async move {
+        let row = r.admin_spaces().await[name].clone();
+        if row["role"] == "owner" { Ok(()) } else { Err(row.to_string()) }
+    })
+    .await;
     c.send(json!({"type": "set", "key": "after", "value": 2})).await;
     assert_eq!(recv_set(&mut c, "after").await, json!(2));
     drop(c);
@@ -462,20 +448,17 @@ async fn a_relay_removed_from_the_membership_hands_its_shards_over() {
     }
     std::fs::write(&file, format!("{}{}", line(0), line(1))).unwrap();
     // r3 leaves: it owns nothing, and reports when every owner has what it held.
-    let until = Instant::now() + DEADLINE;
-    loop {
-        let (_, body) = r3.http_get("/v1/admin/shards").await;
+    let r = &r3;
+    eventually("r3 did not hand off", || async move {
+        let (_, body) = r.http_get("/v1/admin/shards").await;
         let v: Value = serde_json::from_str(&body).unwrap();
         let done = v["in_membership"] == false
             && v["owned"].as_array().unwrap().is_empty()
             && v["handoff"]["held_shards"].as_u64().unwrap_or(0) > 0
             && v["handoff"]["pending_shards"] == 0;
-        if done {
-            break;
-        }
-        assert!(Instant::now() < until, "r3 did not hand off: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if done { Ok(()) } else { Err(body) }
+    })
+    .await;
     r3.kill();
     // r1 and r2 own every shard now (R = 2 of 2) and both hold every write.
     for r in [&r1, &r2] {

@@ -6,9 +6,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use common::{Client, DEADLINE, Relay, free_port, tempdir};
+use common::{Client, Relay, eventually, free_port, tempdir};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
@@ -79,8 +78,8 @@ async fn one_write_is_one_trace_across_edge_owner_and_replica() {
     let echo = c.recv().await;
     assert_eq!((echo["type"].as_str(), echo["key"].as_str()), (Some("set"), Some("k")), "{echo}");
 
-    let until = Instant::now() + DEADLINE;
-    loop {
+    let received = &received;
+    eventually("one trace across edge, owner and replica", || async move {
         let got = received.lock().unwrap().clone();
         let write = got.iter().find(|(svc, name, _)| svc == "aether-relay/r1" && name == "relay.write");
         if let Some((_, _, trace)) = write {
@@ -89,10 +88,10 @@ async fn one_write_is_one_trace_across_edge_owner_and_replica() {
             if in_trace.contains_key("owner.apply") && in_trace.contains_key("replica.apply") {
                 assert_ne!(in_trace["owner.apply"], in_trace["replica.apply"], "two different owners");
                 assert_ne!(in_trace["owner.apply"], "aether-relay/r1");
-                break;
+                return Ok(());
             }
         }
-        assert!(Instant::now() < until, "spans received: {got:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(format!("spans received: {got:?}"))
+    })
+    .await;
 }

@@ -268,6 +268,24 @@ impl Client {
     }
 }
 
+/// Polls `check` (every 50 ms) until it returns `Ok`, for at most
+/// [`DEADLINE`]; then fails the test with `what` and the last state `check`
+/// reported. The one way tests here wait for something to become true.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let until = std::time::Instant::now() + DEADLINE;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(state) => assert!(std::time::Instant::now() < until, "{what}: {state}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A loopback TCP port that was free a moment ago (for addresses peers must
 /// know before a relay starts). Chosen below the kernel's ephemeral range
 /// (32768 and up), so the port-0 listeners of relays started meanwhile by
