@@ -205,6 +205,19 @@ pub struct StorageArgs {
     /// Most bytes of appended records waiting for the WAL writer; beyond, writes get an `overloaded` error.
     #[arg(long, env = "AETHER_WAL_MAX_PENDING_BYTES", default_value_t = 256 * 1024 * 1024)]
     pub wal_max_pending_bytes: usize,
+    /// Seal a WAL segment holding data once its first record is this old, so a ledger
+    /// sidecar never lags by more (the recovery point objective after losing a disk,
+    /// shipping time aside). 0 seals by size only.
+    #[arg(long, env = "AETHER_WAL_SEAL_AFTER", default_value = "5s", value_parser = parse_duration)]
+    pub wal_seal_after: Duration,
+    /// A ledger sidecar (`aether-ledger ship`) ships this data dir: WAL segments are kept
+    /// until its `ledger/shipped` marker says the store has them.
+    #[arg(long, env = "AETHER_LEDGER_SIDECAR", default_value_t = false)]
+    pub ledger_sidecar: bool,
+    /// With `--ledger-sidecar`: most bytes of WAL not yet in object storage. Beyond it, writes get
+    /// an `overloaded` error and `/readyz` answers 503 until the sidecar catches up.
+    #[arg(long, env = "AETHER_LEDGER_BACKLOG_MAX_BYTES", default_value_t = 2 * 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ledger_backlog_max_bytes: u64,
     /// Start even if a WAL record in the middle of a segment is corrupt, skipping it (logged with its offset).
     #[arg(long, env = "AETHER_WAL_SKIP_CORRUPT", default_value_t = false)]
     pub wal_skip_corrupt: bool,

@@ -13,15 +13,34 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// `GET /readyz`: 200 while the relay accepts clients, 503 when shutting down
-/// or when the WAL has failed.
+/// `GET /readyz`: 200 while the relay accepts clients, 503 when shutting down,
+/// when the WAL has failed, or while the ledger backlog is over its bound
+/// (writes are refused then). With a ledger sidecar, a 200 body says
+/// `degraded` when a sealed segment has waited for the store for over a minute.
 pub async fn readyz(State(ctx): State<Arc<GatewayCtx>>) -> Response {
-    if ctx.relay.is_ready() {
-        (StatusCode::OK, "ready\n").into_response()
+    let wal = ctx.relay.wal();
+    if !ctx.relay.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
+    }
+    let Some(b) = wal.ledger_backlog() else { return (StatusCode::OK, "ready\n").into_response() };
+    let detail = format!(
+        "ledger backlog {} bytes in {} segments, oldest sealed segment waiting {:.0}s",
+        b.bytes,
+        b.segments,
+        b.oldest_sealed.as_secs_f64()
+    );
+    if wal.is_backlog_full() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {detail} (over --ledger-backlog-max-bytes)\n"))
+            .into_response()
+    } else if b.oldest_sealed >= LEDGER_DEGRADED_AFTER {
+        (StatusCode::OK, format!("ready, degraded: {detail}\n")).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        (StatusCode::OK, "ready\n").into_response()
     }
 }
+
+/// A sealed segment waiting longer than this for object storage marks `/readyz` degraded.
+const LEDGER_DEGRADED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `GET /metrics`: Prometheus text exposition.
 pub async fn metrics(State(ctx): State<Arc<GatewayCtx>>) -> Response {

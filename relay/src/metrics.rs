@@ -1,8 +1,8 @@
 //! Prometheus metrics, `aether_` prefix, base units (seconds, bytes).
 
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder, exponential_buckets,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder, exponential_buckets,
 };
 
 /// Every metric the relay exports.
@@ -41,6 +41,17 @@ pub struct Metrics {
     pub wal_bytes: IntCounter,
     /// Segments currently on disk.
     pub wal_segments: IntGauge,
+    /// The configured bound on a segment's age before it is sealed (the
+    /// ledger's recovery point objective, shipping time aside); 0 when off.
+    pub wal_seal_after: Gauge,
+    /// Bytes of WAL segments not yet confirmed in object storage (ledger sidecar mode).
+    pub ledger_backlog_bytes: IntGauge,
+    /// WAL segments not yet confirmed in object storage (ledger sidecar mode).
+    pub ledger_backlog_segments: IntGauge,
+    /// How long the oldest sealed, unshipped segment has waited (0: none waits).
+    pub ledger_lag: Gauge,
+    /// 1 while the backlog is over `--ledger-backlog-max-bytes` and writes are refused.
+    pub ledger_backlog_full: IntGauge,
     /// Snapshots written.
     pub snapshots: IntCounter,
     /// Duration of writing one snapshot.
@@ -146,6 +157,32 @@ impl Metrics {
             ),
             wal_bytes: registered(&r, IntCounter::new("aether_wal_bytes_total", "Bytes appended to the WAL").unwrap()),
             wal_segments: registered(&r, IntGauge::new("aether_wal_segments", "WAL segments on disk").unwrap()),
+            wal_seal_after: registered(
+                &r,
+                Gauge::new("aether_wal_seal_after_seconds", "Most time a WAL segment with data stays open (0: off)")
+                    .unwrap(),
+            ),
+            ledger_backlog_bytes: registered(
+                &r,
+                IntGauge::new("aether_ledger_backlog_bytes", "WAL bytes not yet confirmed in object storage").unwrap(),
+            ),
+            ledger_backlog_segments: registered(
+                &r,
+                IntGauge::new("aether_ledger_backlog_segments", "WAL segments not yet confirmed in object storage")
+                    .unwrap(),
+            ),
+            ledger_lag: registered(
+                &r,
+                Gauge::new(
+                    "aether_ledger_lag_seconds",
+                    "Age of the oldest sealed WAL segment not yet in object storage",
+                )
+                .unwrap(),
+            ),
+            ledger_backlog_full: registered(
+                &r,
+                IntGauge::new("aether_ledger_backlog_full", "1 while the ledger backlog is over its bound").unwrap(),
+            ),
             snapshots: registered(&r, IntCounter::new("aether_snapshots_total", "Snapshots written").unwrap()),
             snapshot_duration: registered(
                 &r,

@@ -134,6 +134,11 @@ impl Relay {
         !self.shutting_down.load(Ordering::Acquire) && !self.wal.is_failed()
     }
 
+    /// The write-ahead log.
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
     /// Stops accepting work and flushes the WAL.
     pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);

@@ -24,7 +24,7 @@ use crate::replication::membership::Membership;
 use crate::replication::service::MeshService;
 use crate::replication::transport::{self, MeshAuth, MeshTransport};
 use crate::replication::{Mesh, anti_entropy};
-use crate::wal::{OnCorrupt, Wal, WalConfig, node_id};
+use crate::wal::{LedgerHandoff, OnCorrupt, Wal, WalConfig, node_id};
 use crate::{http, tls};
 
 /// Time allowed for a client to send its HTTP request head or finish TLS.
@@ -68,6 +68,11 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
         max_pending_bytes: args.storage.wal_max_pending_bytes,
         on_corrupt: if args.storage.wal_skip_corrupt { OnCorrupt::Skip } else { OnCorrupt::Fail },
         shards: mesh_args.as_ref().map(|(m, _)| m.shards),
+        seal_after: Some(args.storage.wal_seal_after).filter(|d| !d.is_zero()),
+        ledger: args
+            .storage
+            .ledger_sidecar
+            .then_some(LedgerHandoff { backlog_max_bytes: args.storage.ledger_backlog_max_bytes }),
         before_sync: None,
     };
     let m = metrics.clone();

@@ -355,7 +355,9 @@ impl Connection {
         };
         written.err().map(|e| {
             let code = match e {
-                crate::node::WriteError::Wal(crate::wal::AppendError::Overloaded)
+                crate::node::WriteError::Wal(
+                    crate::wal::AppendError::Overloaded | crate::wal::AppendError::Backlog,
+                )
                 | crate::node::WriteError::Forward(_) => "overloaded",
                 crate::node::WriteError::Wal(crate::wal::AppendError::Unavailable) => "unavailable",
             };

@@ -14,8 +14,10 @@
 //! wal/<seq>.seg        segments: 24-byte header, then frames
 //! snapshots/<seq>/     snapshot covering segments <= seq: MANIFEST + one file per space
 //! quarantine/          damaged segments and torn tails, kept as evidence
+//! ledger/shipped       written by the ledger sidecar: segments confirmed in object storage
 //! ```
 
+pub mod handoff;
 pub mod segment;
 pub mod snapshot;
 mod writer;
@@ -23,10 +25,10 @@ mod writer;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aether_core::OpRef;
 use aether_core::record::{FILE_HEADER, WAL_MAGIC, file_header, put_frame_with};
@@ -52,6 +54,11 @@ pub struct WalConfig {
     pub on_corrupt: OnCorrupt,
     /// The mesh's shard count: snapshots are then grouped by shard.
     pub shards: Option<u32>,
+    /// Seal a segment that holds data once its first record is this old, so
+    /// that a ledger sidecar never lags the relay by more (`None`: by size only).
+    pub seal_after: Option<Duration>,
+    /// A ledger sidecar ships this directory: see [`handoff`].
+    pub ledger: Option<LedgerHandoff>,
     /// Fault injection for tests: called by the writer before each fdatasync;
     /// an error is treated as the sync failing.
     pub before_sync: Option<SyncHook>,
@@ -68,9 +75,18 @@ impl WalConfig {
             max_pending_bytes: usize::MAX,
             on_corrupt: OnCorrupt::Fail,
             shards: None,
+            seal_after: None,
+            ledger: None,
             before_sync: None,
         }
     }
+}
+
+/// Settings of the hand-off to a ledger sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerHandoff {
+    /// Most bytes of segments not yet in object storage; above, appends are refused.
+    pub backlog_max_bytes: u64,
 }
 
 /// See [`WalConfig::before_sync`].
@@ -94,6 +110,9 @@ pub enum AppendError {
     /// The writer failed or the WAL is closed.
     #[error("the write-ahead log is unavailable")]
     Unavailable,
+    /// Object storage is too far behind: the unshipped backlog is over its bound.
+    #[error("the ledger backlog is full (object storage is behind); try another relay")]
+    Backlog,
 }
 
 /// Opening the data directory failed.
@@ -158,6 +177,12 @@ pub(crate) struct Shared {
     max_pending_bytes: usize,
     /// Checksum salt of every segment this process writes (random per boot).
     salt: u32,
+    /// The segment the writer has open.
+    open_segment: AtomicU64,
+    /// The ledger backlog is over its bound (sidecar mode): appends are refused.
+    backlog_full: AtomicBool,
+    /// The last measured ledger backlog (sidecar mode).
+    backlog: Mutex<Option<handoff::Backlog>>,
 }
 
 /// Handle to the WAL. Cheap to share behind an `Arc`.
@@ -209,11 +234,23 @@ impl Wal {
         let mut last_seq = covered;
         let mut uncovered_bytes = 0;
         let (stale, live): (Vec<_>, Vec<_>) = segments.into_iter().partition(|(seq, _)| *seq <= covered);
-        for (_, path) in stale {
+        // With a ledger sidecar, covered segments stay until the store has them.
+        let shipped = match cfg.ledger {
+            None => u64::MAX,
+            Some(_) => handoff::read_shipped(&cfg.dir).map(|s| s.segments_through).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "unreadable ledger marker; keeping every WAL segment until the sidecar rewrites it");
+                0
+            }),
+        };
+        let mut kept = 0;
+        for (seq, path) in stale {
+            if seq > shipped {
+                kept += 1;
+                continue;
+            }
             // Leftovers of a clean-up interrupted after a snapshot covered them.
             fs::remove_file(&path).map_err(io_ctx(format!("removing covered {}", path.display())))?;
         }
-        let mut kept = 0;
         for (i, (seq, path)) in live.iter().enumerate() {
             let last = i + 1 == live.len();
             last_seq = last_seq.max(*seq);
@@ -282,10 +319,21 @@ impl Wal {
             failed: AtomicBool::new(false),
             max_pending_bytes: cfg.max_pending_bytes,
             salt,
+            open_segment: AtomicU64::new(seq),
+            backlog_full: AtomicBool::new(false),
+            backlog: Mutex::new(None),
         });
+        metrics.wal_seal_after.set(cfg.seal_after.map_or(0.0, |d| d.as_secs_f64()));
         let (sealed_tx, sealed_rx) = std::sync::mpsc::channel();
-        let snapshotter = writer::spawn_snapshotter(cfg.clone(), covered, uncovered_bytes, sealed_rx, metrics.clone())
-            .map_err(io_ctx("starting the snapshot thread"))?;
+        let snapshotter = writer::spawn_snapshotter(
+            shared.clone(),
+            cfg.clone(),
+            covered,
+            uncovered_bytes,
+            sealed_rx,
+            metrics.clone(),
+        )
+        .map_err(io_ctx("starting the snapshot thread"))?;
         let writer = writer::spawn_writer(shared.clone(), cfg.clone(), file, seq, sealed_tx, metrics.clone())
             .map_err(io_ctx("starting the WAL writer thread"))?;
         rec.elapsed = started.elapsed();
@@ -302,6 +350,9 @@ impl Wal {
         }
         if p.buf.len() >= self.shared.max_pending_bytes {
             return Err(AppendError::Overloaded);
+        }
+        if self.shared.backlog_full.load(Ordering::Relaxed) {
+            return Err(AppendError::Backlog);
         }
         let was_empty = p.buf.is_empty();
         put_frame_with(&mut p.buf, self.shared.salt, |o| op.encode(o));
@@ -323,6 +374,16 @@ impl Wal {
     /// True once a write or sync failed: nothing more can become durable.
     pub fn is_failed(&self) -> bool {
         self.shared.failed.load(Ordering::Acquire)
+    }
+
+    /// The last measured ledger backlog, with a ledger sidecar configured.
+    pub fn ledger_backlog(&self) -> Option<handoff::Backlog> {
+        *self.shared.backlog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// True while the ledger backlog is over its bound and appends are refused.
+    pub fn is_backlog_full(&self) -> bool {
+        self.shared.backlog_full.load(Ordering::Relaxed)
     }
 
     /// The durable watermark; `wait_for(|d| d.lsn >= lsn || d.failed)` to await a record.
@@ -542,6 +603,83 @@ mod tests {
         });
         assert_eq!(d, Durable { lsn: 0, failed: true });
         assert_eq!(wal.append(op), Err(AppendError::Unavailable));
+    }
+
+    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    fn segment_seqs(dir: &Path) -> Vec<u64> {
+        list_segments(&dir.join("wal")).unwrap().into_iter().map(|(s, _)| s).collect()
+    }
+
+    /// A segment with data is sealed once its first record is `seal_after` old,
+    /// without waiting for more writes; an idle segment is never sealed.
+    #[test]
+    fn segments_seal_by_age_only_when_they_hold_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = WalConfig { seal_after: Some(std::time::Duration::from_millis(200)), ..cfg(dir.path()) };
+        let (wal, _, _) = Wal::open(&c, &Metrics::new()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(segment_seqs(dir.path()), vec![1], "an empty segment is not sealed");
+        let op = OpRef { space: "s", key: b"k", value: Some(b"1"), stamp: Stamp::default(), origin: 0 };
+        wal.append(op).unwrap();
+        wait_until("the segment to be sealed by age", || segment_seqs(dir.path()) == vec![1, 2]);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        assert_eq!(segment_seqs(dir.path()), vec![1, 2], "the new, empty segment stays open");
+        drop(wal);
+        let (_, state, _) = Wal::open(&cfg(dir.path()), &Metrics::new()).unwrap();
+        assert_eq!(state.ops, 1);
+    }
+
+    /// With a ledger sidecar, a snapshot does not delete segments the store does
+    /// not have; they go once the marker covers them. Over the backlog bound,
+    /// appends are refused until the sidecar catches up.
+    #[test]
+    fn sidecar_mode_keeps_unshipped_segments_and_bounds_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::new();
+        let c = WalConfig {
+            segment_bytes: 4096,
+            snapshot_after_bytes: 8192,
+            ledger: Some(LedgerHandoff { backlog_max_bytes: 64 * 1024 }),
+            ..cfg(dir.path())
+        };
+        let (wal, _, _) = Wal::open(&c, &metrics).unwrap();
+        let mut durable = wal.durable();
+        let value = [b'v'; 200];
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let mut write = |n: usize| -> Result<(), AppendError> {
+            for i in 0..n {
+                let key = format!("k{i}");
+                let op =
+                    OpRef { space: "s", key: key.as_bytes(), value: Some(&value), stamp: Stamp::default(), origin: 0 };
+                let lsn = wal.append(op)?;
+                rt.block_on(durable.wait_for(|d| d.lsn >= lsn)).unwrap();
+            }
+            Ok(())
+        };
+        write(100).unwrap();
+        wait_until("a snapshot", || snapshot::latest(&dir.path().join("snapshots")).unwrap().is_some());
+        let (covered, _) = snapshot::latest(&dir.path().join("snapshots")).unwrap().unwrap();
+        assert!(segment_seqs(dir.path())[0] == 1, "segment 1 is covered by snapshot {covered} but not shipped");
+        handoff::write_shipped(dir.path(), handoff::Shipped { segments_through: 2 }).unwrap();
+        wait_until("shipped and covered segments to go", || segment_seqs(dir.path())[0] == 3);
+        wait_until("the backlog to be measured", || wal.ledger_backlog().is_some_and(|b| b.segments > 0));
+        assert!(!wal.is_backlog_full());
+        // Nothing more is shipped: past 64 KiB of backlog, writes are refused.
+        let refused = write(1_000).unwrap_err();
+        assert_eq!(refused, AppendError::Backlog);
+        assert!(wal.is_backlog_full());
+        assert_eq!(metrics.ledger_backlog_full.get(), 1);
+        let last = *segment_seqs(dir.path()).last().unwrap();
+        handoff::write_shipped(dir.path(), handoff::Shipped { segments_through: last - 1 }).unwrap();
+        wait_until("the backlog to drain", || !wal.is_backlog_full());
+        write(1).unwrap();
     }
 
     #[test]
