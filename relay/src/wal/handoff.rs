@@ -21,6 +21,22 @@ use super::snapshot::sync_dir;
 /// The marker file, relative to the data directory.
 pub const SHIPPED_FILE: &str = "ledger/shipped";
 
+/// Present when every segment this data directory ever wrote is still on
+/// disk or shipped: it was created in sidecar mode, which deletes nothing
+/// unshipped. The sidecar's first shipment then starts the ledger at the first
+/// segment, not at a snapshot, so point-in-time restores reach back to the start.
+pub const COMPLETE_HISTORY_FILE: &str = "ledger/complete-history";
+
+/// Writes [`COMPLETE_HISTORY_FILE`] (durably).
+pub fn mark_complete_history(dir: &Path) -> io::Result<()> {
+    let path = dir.join(COMPLETE_HISTORY_FILE);
+    let parent = path.parent().expect("in a directory");
+    fs::create_dir_all(parent)?;
+    File::create(&path)?.sync_all()?;
+    sync_dir(parent)?;
+    sync_dir(dir)
+}
+
 /// Contents of the marker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shipped {

@@ -200,6 +200,7 @@ impl Wal {
         let started = Instant::now();
         let wal_dir = cfg.dir.join("wal");
         let snap_dir = cfg.dir.join("snapshots");
+        let brand_new = !wal_dir.exists() && !snap_dir.exists();
         for d in [&cfg.dir, &wal_dir, &snap_dir] {
             fs::create_dir_all(d).map_err(io_ctx(format!("creating {}", d.display())))?;
         }
@@ -207,6 +208,9 @@ impl Wal {
         let lock = File::create(&lock_path).map_err(io_ctx(format!("creating {}", lock_path.display())))?;
         if lock.try_lock().is_err() {
             return Err(OpenError::Locked(cfg.dir.clone()));
+        }
+        if brand_new && cfg.ledger.is_some() {
+            handoff::mark_complete_history(&cfg.dir).map_err(io_ctx("writing ledger/complete-history"))?;
         }
         // Leftovers of a crash inside `rewrite_without_damage`.
         for entry in fs::read_dir(&wal_dir).map_err(io_ctx("listing wal/"))? {

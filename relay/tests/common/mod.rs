@@ -83,14 +83,14 @@ impl Relay {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Relay, String> {
-        let bin = env!("CARGO_BIN_EXE_aether-relay");
+        let bin = relay_bin();
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, bin]);
+                c.args(["netns", "exec", ns]).arg(&bin);
                 c
             }
-            None => Command::new(bin),
+            None => Command::new(&bin),
         };
         let mut child = cmd
             .arg(mode)
@@ -297,6 +297,19 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// The `aether-relay` binary: Cargo's for this crate's tests; for other crates'
+/// tests (which include this kit), the one built beside their test binary
+/// (`cargo test --workspace` builds it).
+pub fn relay_bin() -> PathBuf {
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_aether-relay") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").join("aether-relay");
+    assert!(bin.is_file(), "{} is missing: build it first (cargo build -p aether-relay)", bin.display());
+    bin
 }
 
 /// A fresh temporary directory.

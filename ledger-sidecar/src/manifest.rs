@@ -1,0 +1,259 @@
+//! The ledger manifest: what the store holds for one relay, and the only
+//! thing that makes an uploaded object part of the ledger.
+//!
+//! Every version is its own object, `manifest/<generation>.json`, written
+//! with a create-only conditional put (`PutMode::Create`, i.e. S3
+//! `If-None-Match: *`). A writer reads the newest generation G, changes it,
+//! and creates G+1; if another writer created G+1 first, the put fails, and
+//! it re-reads and re-applies its change. Two shippers (an old pod still
+//! running during a roll), a shipper and `compact`, can therefore never lose
+//! each other's updates or leave a half-written manifest. Create-only puts
+//! work on every backend object_store offers, the local file system included
+//! (which has no compare-and-swap on an existing object). Old generations are
+//! pruned after a successful write.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use futures_util::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::store::Ledger;
+
+/// Manifest format version.
+pub const FORMAT: u32 = 1;
+/// Generations kept behind the newest.
+const KEEP_GENERATIONS: u64 = 16;
+/// Most attempts of one update under contention.
+const MAX_ATTEMPTS: usize = 64;
+
+/// One relay's ledger in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Format version.
+    pub format: u32,
+    /// The mesh.
+    pub mesh: String,
+    /// The relay (pod name).
+    pub node: String,
+    /// Identity of the data directory history this ledger continues (`ledger/lineage`).
+    pub lineage: String,
+    /// This version's generation.
+    pub generation: u64,
+    /// Every local segment up to this one has been shipped (or is covered by a shipped snapshot).
+    pub shipped_through: u64,
+    /// Segments, by sequence number.
+    pub segments: Vec<SegmentEntry>,
+    /// Snapshots, by the segment they cover.
+    pub snapshots: Vec<SnapshotEntry>,
+    /// When this version was written (RFC 3339).
+    pub updated_at: String,
+}
+
+/// A shipped WAL segment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentEntry {
+    /// Sequence number.
+    pub seq: u64,
+    /// `shipped_through` before this segment: the chain that reveals gaps.
+    pub prev: u64,
+    /// Size.
+    pub bytes: u64,
+    /// CRC32C of the object.
+    pub crc32c: u32,
+    /// Ops.
+    pub ops: u64,
+    /// Smallest stamp wall time in it (ns since the epoch).
+    pub min_wall_ns: u64,
+    /// Greatest stamp wall time in it.
+    pub max_wall_ns: u64,
+}
+
+/// A shipped snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    /// It covers every segment up to this one.
+    pub covers: u64,
+    /// Entries over all spaces.
+    pub entries: u64,
+    /// Greatest stamp wall time of any entry: usable for point-in-time restores at or after it.
+    pub max_wall_ns: u64,
+    /// Files, `MANIFEST` first.
+    pub files: Vec<FileEntry>,
+}
+
+/// One object of a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Path relative to the snapshot directory.
+    pub name: String,
+    /// Size.
+    pub bytes: u64,
+    /// CRC32C.
+    pub crc32c: u32,
+}
+
+/// The result of checking a manifest's chain of segments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The segment whose predecessor is missing.
+    pub seq: u64,
+    /// The predecessor it names.
+    pub prev: u64,
+    /// What precedes it in the manifest (a segment or the base snapshot).
+    pub found: u64,
+}
+
+impl Manifest {
+    /// The newest snapshot.
+    pub fn newest_snapshot(&self) -> Option<&SnapshotEntry> {
+        self.snapshots.last()
+    }
+
+    /// Segments after `base` (a snapshot's `covers`, or 0), checked for gaps:
+    /// each one's `prev` must be the one before it, the first one's at most `base`.
+    pub fn chain_after(&self, base: u64) -> Result<Vec<&SegmentEntry>, Gap> {
+        let mut out = Vec::new();
+        let mut last = base;
+        for s in self.segments.iter().filter(|s| s.seq > base) {
+            let linked = if out.is_empty() { s.prev <= base } else { s.prev == last };
+            if !linked {
+                return Err(Gap { seq: s.seq, prev: s.prev, found: last });
+            }
+            last = s.seq;
+            out.push(s);
+        }
+        Ok(out)
+    }
+}
+
+/// Object of generation `g`.
+fn generation_path(ledger: &Ledger, g: u64) -> Path {
+    ledger.manifest_dir().join(format!("{g:020}.json"))
+}
+
+/// All generations present, ascending.
+pub async fn generations(ledger: &Ledger) -> anyhow::Result<Vec<u64>> {
+    let dir = ledger.manifest_dir();
+    let metas: Vec<_> = ledger.store.list(Some(&dir)).try_collect().await.context("listing manifest generations")?;
+    let mut gens: Vec<u64> =
+        metas.iter().filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse().ok()).collect();
+    gens.sort_unstable();
+    Ok(gens)
+}
+
+/// The newest generation, if any.
+pub async fn latest_generation(ledger: &Ledger) -> anyhow::Result<Option<u64>> {
+    Ok(generations(ledger).await?.last().copied())
+}
+
+/// Reads the newest manifest (`None`: the store has no ledger here).
+pub async fn load(ledger: &Ledger) -> anyhow::Result<Option<Manifest>> {
+    // A generation can be pruned between listing and reading: list again.
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(g) = latest_generation(ledger).await? else { return Ok(None) };
+        match ledger.download(&generation_path(ledger, g)).await {
+            Ok(raw) => {
+                let m: Manifest = serde_json::from_slice(&raw)
+                    .with_context(|| format!("manifest {} is not valid", generation_path(ledger, g)))?;
+                if m.format != FORMAT {
+                    bail!("manifest {} has format {}, this tool reads {FORMAT}", generation_path(ledger, g), m.format);
+                }
+                if m.generation != g {
+                    bail!("manifest {} says it is generation {}", generation_path(ledger, g), m.generation);
+                }
+                return Ok(Some(m));
+            }
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e).context("reading the manifest"),
+        }
+    }
+    bail!("the manifest kept changing while being read")
+}
+
+/// What an update decided.
+pub enum Change {
+    /// Write the changed manifest.
+    Write,
+    /// Nothing to change.
+    Keep,
+}
+
+/// Applies `change` to the newest manifest (or to an empty one, when the store
+/// has none, with `generation` 0) and writes the result as the next
+/// generation, retrying on conflict. Returns the manifest now in the store.
+pub async fn update(
+    ledger: &Ledger,
+    mut change: impl FnMut(&mut Manifest) -> anyhow::Result<Change>,
+    conflicts: impl Fn(),
+) -> anyhow::Result<Manifest> {
+    for attempt in 0..MAX_ATTEMPTS {
+        let current = load(ledger).await?;
+        let mut m = current.clone().unwrap_or(Manifest { format: FORMAT, ..Manifest::default() });
+        if let Change::Keep = change(&mut m)? {
+            return Ok(m);
+        }
+        let next = current.as_ref().map_or(1, |c| c.generation + 1);
+        m.generation = next;
+        m.updated_at = now_rfc3339();
+        let body = serde_json::to_vec_pretty(&m).context("encoding the manifest")?;
+        let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match ledger.store.put_opts(&generation_path(ledger, next), PutPayload::from(body), opts).await {
+            Ok(_) => {
+                prune(ledger, next).await;
+                return Ok(m);
+            }
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                conflicts();
+                tracing::debug!(generation = next, attempt, "manifest conflict; re-reading");
+                let jitter = rand::random_range(1..=20u64 * (attempt as u64 + 1).min(10));
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
+            Err(e) => return Err(e).context("writing the manifest"),
+        }
+    }
+    bail!("gave up updating the manifest after {MAX_ATTEMPTS} conflicting writers")
+}
+
+/// Deletes generations older than the newest [`KEEP_GENERATIONS`]; best effort.
+async fn prune(ledger: &Ledger, newest: u64) {
+    if newest <= KEEP_GENERATIONS || !newest.is_multiple_of(8) {
+        return;
+    }
+    let Ok(gens) = generations(ledger).await else { return };
+    for g in gens.into_iter().filter(|g| *g + KEEP_GENERATIONS <= newest) {
+        if let Err(e) = ledger.store.delete(&generation_path(ledger, g)).await {
+            tracing::debug!(generation = g, error = %e, "could not prune a manifest generation");
+        }
+    }
+}
+
+/// Now, as RFC 3339.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(seq: u64, prev: u64) -> SegmentEntry {
+        SegmentEntry { seq, prev, bytes: 1, crc32c: 0, ops: 1, min_wall_ns: 0, max_wall_ns: 0 }
+    }
+
+    #[test]
+    fn chains_reveal_gaps() {
+        let m = Manifest { segments: vec![seg(2, 0), seg(3, 2), seg(5, 3), seg(7, 6)], ..Manifest::default() };
+        assert_eq!(m.chain_after(0).unwrap_err(), Gap { seq: 7, prev: 6, found: 5 });
+        let m = Manifest { segments: vec![seg(2, 0), seg(3, 2), seg(5, 3)], ..Manifest::default() };
+        assert_eq!(m.chain_after(0).unwrap().len(), 3);
+        // After a snapshot covering 3, only 5 matters, and it links to at most 3.
+        assert_eq!(m.chain_after(3).unwrap().iter().map(|s| s.seq).collect::<Vec<_>>(), vec![5]);
+        let m = Manifest { segments: vec![seg(9, 8)], ..Manifest::default() };
+        assert!(m.chain_after(3).is_err(), "segments 4..8 are missing");
+    }
+}
