@@ -117,9 +117,8 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         rt.block_on(restore::run(args))?;
         let s = t.elapsed().as_secs_f64();
-        let report: aether_ledger::metrics::RestoreReport = serde_json::from_slice(&std::fs::read(
-            target.path().join(aether_ledger::metrics::RESTORE_REPORT),
-        )?)?;
+        let report: aether_ledger::metrics::RestoreReport =
+            serde_json::from_slice(&std::fs::read(target.path().join(aether_ledger::metrics::RESTORE_REPORT))?)?;
         println!(
             "{what}: {:.0} ops/s, {:.1} MB/s ({} ops, {:.1} MB read in {:.2}s)",
             report.ops as f64 / s,
