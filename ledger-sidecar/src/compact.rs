@@ -19,8 +19,8 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Args;
 use futures_util::TryStreamExt;
+use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::format;
 use crate::manifest::{self, Change, FileEntry, Manifest, SnapshotEntry};
@@ -71,8 +71,17 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
     };
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     let cutoff = now.saturating_sub(args.retain.as_nanos() as u64);
-    for (mesh, node) in ledgers {
-        let o = compact_ledger(&store, &mesh, &node, cutoff, args.orphan_grace).await?;
+    let mut failed = 0;
+    for (mesh, node) in &ledgers {
+        let o = match compact_ledger(&store, mesh, node, cutoff, args.orphan_grace).await {
+            Ok(o) => o,
+            Err(e) => {
+                // One bad ledger does not stop the others.
+                eprintln!("error: compacting {mesh}/{node}: {e:#}");
+                failed += 1;
+                continue;
+            }
+        };
         println!(
             "compacted {mesh}/{node}: {}; deleted {} segments, {} snapshots, {} unreferenced objects",
             o.folded_into.map_or("nothing to fold".into(), |c| format!(
@@ -83,6 +92,9 @@ pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
             o.deleted_snapshots,
             o.deleted_orphans
         );
+    }
+    if failed > 0 {
+        bail!("{failed} of {} ledgers could not be compacted (see above)", ledgers.len());
     }
     Ok(())
 }
@@ -99,9 +111,13 @@ pub async fn compact_ledger(
     let Some(m) = manifest::load(&ledger).await? else { bail!("the store has no ledger for {mesh}/{node}") };
     let base = m.snapshots.iter().rev().find(|s| s.max_wall_ns <= cutoff_ns);
     let covers = base.map_or(0, |s| s.covers);
-    let chain = m.chain_after(covers).map_err(|g| {
-        anyhow::anyhow!("not compacting {mesh}/{node}: segment {} follows {}, which is missing", g.seq, g.prev)
-    })?;
+    let chain = match m.chain_after(covers) {
+        Ok(chain) => chain,
+        // The ledger starts with a snapshot (its dir ran without a sidecar before) that is
+        // still inside the window: there is no base to fold onto yet.
+        Err(_) if base.is_none() && !m.snapshots.is_empty() => Vec::new(),
+        Err(g) => bail!("not compacting {mesh}/{node}: segment {} follows {}, which is missing", g.seq, g.prev),
+    };
     let fold: Vec<_> = chain.iter().take_while(|s| s.max_wall_ns <= cutoff_ns).map(|s| (*s).clone()).collect();
     let mut outcome = Outcome::default();
     // A fold ending exactly at an existing snapshot would overwrite its objects: use that snapshot instead.
@@ -140,7 +156,7 @@ pub async fn compact_ledger(
                 doomed.push(ledger.segment(s.seq));
             }
             for s in m.snapshots.iter().filter(|s| s.covers < keep_from) {
-                doomed.extend(s.files.iter().map(|f| ledger.snapshot_file(s.covers, &f.name)));
+                doomed.extend(s.files.iter().map(|f| ledger.snapshot_object(s, &f.name)));
             }
             let before = (m.segments.len(), m.snapshots.len());
             m.segments.retain(|s| s.seq > keep_from);
@@ -176,7 +192,8 @@ async fn fold_into_snapshot(
     if let Some(s) = base {
         let dir = tmp.path().join("base").join(snapshot_dir_name(s.covers));
         for f in &s.files {
-            let data = fetch_checked(ledger, &ledger.snapshot_file(s.covers, &f.name), f.bytes, f.crc32c).await?;
+            manifest::check_relative(&f.name)?;
+            let data = fetch_checked(ledger, &ledger.snapshot_object(s, &f.name), f.bytes, f.crc32c).await?;
             let dest = dir.join(&f.name);
             std::fs::create_dir_all(dest.parent().expect("in a directory"))?;
             std::fs::write(&dest, &data)?;
@@ -200,21 +217,18 @@ async fn fold_into_snapshot(
     std::fs::create_dir_all(&root)?;
     let dir = snapshot::write(&root, covers, &state, shards).context("writing the folded snapshot")?;
     let local: snapshot::Manifest = serde_json::from_slice(&std::fs::read(dir.join("MANIFEST"))?)?;
-    let mut files = Vec::new();
+    // A directory of its own: a rerun after a crash, or a shipper's snapshot of the same
+    // segment, can never overwrite (or be overwritten by) these objects.
+    let entry_dir = format!("snapshots/{}-compact-{:016x}", snapshot_dir_name(covers), rand::random::<u64>());
+    let mut entry =
+        SnapshotEntry { covers, entries: local.entries, max_wall_ns, files: Vec::new(), dir: Some(entry_dir) };
     for name in std::iter::once("MANIFEST".to_owned()).chain(local.files.iter().cloned()) {
         let data = Bytes::from(std::fs::read(dir.join(&name))?);
-        let object = ledger.snapshot_file(covers, &name);
-        let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        match ledger.store.put_opts(&object, PutPayload::from_bytes(data.clone()), opts).await {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                bail!("{object} already exists: another compaction or shipper wrote this snapshot; run compact again")
-            }
-            Err(e) => return Err(e).with_context(|| format!("uploading {object}")),
-        }
-        files.push(FileEntry { name, bytes: data.len() as u64, crc32c: crc32c::crc32c(&data) });
+        let object = ledger.snapshot_object(&entry, &name);
+        ledger.upload(&object, data.clone(), 16 << 20).await.with_context(|| format!("uploading {object}"))?;
+        entry.files.push(FileEntry { name, bytes: data.len() as u64, crc32c: crc32c::crc32c(&data) });
     }
-    Ok(SnapshotEntry { covers, entries: local.entries, max_wall_ns, files })
+    Ok(entry)
 }
 
 async fn fetch_checked(ledger: &Ledger, object: &ObjectPath, bytes: u64, crc: u32) -> anyhow::Result<Bytes> {
@@ -228,7 +242,7 @@ async fn fetch_checked(ledger: &Ledger, object: &ObjectPath, bytes: u64, crc: u3
 async fn delete_orphans(ledger: &Ledger, m: &Manifest, grace: Duration) -> anyhow::Result<usize> {
     let mut named: std::collections::HashSet<ObjectPath> = m.segments.iter().map(|s| ledger.segment(s.seq)).collect();
     for s in &m.snapshots {
-        named.extend(s.files.iter().map(|f| ledger.snapshot_file(s.covers, &f.name)));
+        named.extend(s.files.iter().map(|f| ledger.snapshot_object(s, &f.name)));
     }
     let manifest_dir = ledger.manifest_dir();
     let now = SystemTime::now();

@@ -82,6 +82,10 @@ pub struct SnapshotEntry {
     pub max_wall_ns: u64,
     /// Files, `MANIFEST` first.
     pub files: Vec<FileEntry>,
+    /// Where its objects are, relative to the ledger (default `snapshots/<covers>`);
+    /// compaction writes each of its snapshots under a directory of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
 }
 
 /// One object of a snapshot.
@@ -104,6 +108,19 @@ pub struct Gap {
     pub prev: u64,
     /// What precedes it in the manifest (a segment or the base snapshot).
     pub found: u64,
+}
+
+/// Checks a relative path taken from a manifest before it becomes an object
+/// or file name: no absolute paths, no `.`/`..` or empty parts, no backslashes.
+pub fn check_relative(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && !name.starts_with('/')
+        && !name.contains('\\')
+        && name.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+    if !ok {
+        bail!("the manifest names {name:?}, which is not a plain relative path; refusing to use it");
+    }
+    Ok(())
 }
 
 impl Manifest {
@@ -202,6 +219,13 @@ pub async fn update(
         let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
         match ledger.store.put_opts(&generation_path(ledger, next), PutPayload::from(body), opts).await {
             Ok(_) => {
+                // A writer that stalled past many newer generations may create a number that
+                // was already written and pruned: then a newer generation exists, and this
+                // one is never read. Count that as a conflict.
+                if generations(ledger).await?.last().is_some_and(|g| *g > next) {
+                    conflicts();
+                    continue;
+                }
                 prune(ledger, next).await;
                 return Ok(m);
             }

@@ -166,7 +166,7 @@ impl Restorer {
         let chain = self.chain(base)?;
         let mut fetches = Vec::new();
         if let Some(s) = base {
-            fetches.extend(self.snapshot_fetches(s, &self.stage.join("snapshots")));
+            fetches.extend(self.snapshot_fetches(s, &self.stage.join("snapshots"))?);
         }
         for s in &chain {
             fetches.push(Fetch {
@@ -205,7 +205,8 @@ impl Restorer {
         let base = self.m.snapshots.iter().rev().find(|s| s.max_wall_ns <= at_ns);
         let chain = self.chain(base).map_err(|e| match self.m.snapshots.first() {
             Some(oldest) if base.is_none() => anyhow::anyhow!(
-                "cannot restore to {}: the ledger before {} was compacted into a snapshot (retention); {e:#}",
+                "cannot restore to {}: the ledger reaches back only to its oldest snapshot, whose newest entry is \
+                 from {} (older history was compacted, or predates the sidecar)",
                 rfc3339(at_ns),
                 rfc3339(oldest.max_wall_ns)
             ),
@@ -217,7 +218,7 @@ impl Restorer {
         let mut ops = 0u64;
         if let Some(s) = base {
             let dir = self.stage.join("base");
-            let (o, b) = self.fetch_all(self.snapshot_fetches(s, &dir), "base").await?;
+            let (o, b) = self.fetch_all(self.snapshot_fetches(s, &dir)?, "base").await?;
             ops += o;
             bytes += b;
             let mut replayer = Replayer::new();
@@ -284,16 +285,19 @@ impl Restorer {
         }
     }
 
-    fn snapshot_fetches(&self, s: &SnapshotEntry, root: &Path) -> Vec<Fetch> {
+    fn snapshot_fetches(&self, s: &SnapshotEntry, root: &Path) -> anyhow::Result<Vec<Fetch>> {
         let dir = root.join(snapshot_dir_name(s.covers));
         s.files
             .iter()
-            .map(|f| Fetch {
-                object: self.ledger.snapshot_file(s.covers, &f.name),
-                dest: dir.join(&f.name),
-                bytes: f.bytes,
-                crc32c: f.crc32c,
-                records: f.name != "MANIFEST",
+            .map(|f| {
+                manifest::check_relative(&f.name)?;
+                Ok(Fetch {
+                    object: self.ledger.snapshot_object(s, &f.name),
+                    dest: dir.join(&f.name),
+                    bytes: f.bytes,
+                    crc32c: f.crc32c,
+                    records: f.name != "MANIFEST",
+                })
             })
             .collect()
     }

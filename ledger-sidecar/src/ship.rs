@@ -24,12 +24,11 @@ use aether_relay::config::parse_duration;
 use aether_relay::wal::handoff::{self, Shipped};
 use aether_relay::wal::segment::list_segments;
 use aether_relay::wal::snapshot;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use bytes::Bytes;
 use clap::Args;
 use clap::builder::TypedValueParser as _;
 use futures_util::StreamExt;
-use object_store::ObjectStoreExt;
 
 use crate::format;
 use crate::manifest::{self, Change, FileEntry, Manifest, SegmentEntry, SnapshotEntry};
@@ -40,7 +39,7 @@ use crate::store::{Ledger, StoreArgs};
 #[derive(Debug, Clone, Args)]
 pub struct ShipArgs {
     /// The relay's data directory (shared volume).
-    #[arg(long, env = "AETHER_DATA_DIR")]
+    #[arg(long, env = "AETHER_DATA_DIR", default_value = "./aether-data")]
     pub data_dir: PathBuf,
     /// Store settings.
     #[command(flatten)]
@@ -80,18 +79,24 @@ pub struct Ident {
     /// The mesh's name (the `Mesh` resource).
     #[arg(long, env = "AETHER_MESH", default_value = "default")]
     pub mesh: String,
-    /// The relay's name: its pod name in Kubernetes (`HOSTNAME` there).
+    /// The relay's name: its pod name in Kubernetes. Default: `$HOSTNAME` (the pod name
+    /// there), else the machine's host name.
     #[arg(long, env = "AETHER_NODE_NAME")]
     pub node: Option<String>,
 }
 
 impl Ident {
-    /// The node name, falling back to `$HOSTNAME`.
+    /// The node name, falling back to `$HOSTNAME`, then the kernel's host name.
     pub fn node(&self) -> anyhow::Result<String> {
-        match &self.node {
-            Some(n) => Ok(n.clone()),
-            None => std::env::var("HOSTNAME").map_err(|_| anyhow::anyhow!("--node is required (HOSTNAME is not set)")),
+        if let Some(n) = &self.node {
+            return Ok(n.clone());
         }
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--node is required (no HOSTNAME to default to)"))
     }
 }
 
@@ -216,15 +221,27 @@ impl Shipper {
         let current = manifest::load(&self.ledger).await?;
         let lineage = self.lineage(current.as_ref())?;
         let mut shipped = current.as_ref().map_or(0, |m| m.shipped_through);
-        let fresh = current.as_ref().is_none_or(|m| m.segments.is_empty() && m.snapshots.is_empty());
-        // A data dir that still has every segment it wrote starts the ledger at its first
-        // segment; one whose older segments are gone (it ran without a sidecar) at its snapshot.
-        let complete = self.args.data_dir.join(handoff::COMPLETE_HISTORY_FILE).exists();
-        if fresh
-            && !complete
-            && let Some(m) = self.ship_snapshot(&lineage, current.as_ref(), true).await?
+        let local_mark = handoff::read_shipped(&self.args.data_dir).context("reading ledger/shipped")?.segments_through;
+        if let Some(m) = &current
+            && m.shipped_through > local_mark
         {
-            shipped = m.shipped_through;
+            // The store is ahead of the marker: a shipper died between the manifest update and
+            // the marker, or this dir was restored. Hand off only what this dir really shipped.
+            self.check_local_against(m, local_mark).await?;
+            self.hand_off(m.shipped_through)?;
+        }
+        let fresh = current.as_ref().is_none_or(|m| m.segments.is_empty() && m.snapshots.is_empty());
+        if fresh && !self.complete_history(local_mark) {
+            // Older segments of this dir are gone (folded into its snapshots): the ledger must
+            // start with the newest snapshot, and no segment may be recorded before it.
+            let root = self.args.data_dir.join("snapshots");
+            if snapshot::latest(&root).context("listing snapshots")?.is_some() {
+                match self.ship_snapshot(&lineage, current.as_ref(), true).await? {
+                    Some(m) => shipped = m.shipped_through,
+                    None => return Ok(()), // replaced while uploading: next cycle
+                }
+            }
+            // No snapshot: no segment was ever deleted, the history is whole.
         }
         let local = list_segments(&self.wal_dir()).context("listing wal/")?;
         let open = local.last().map_or(0, |(s, _)| *s);
@@ -241,14 +258,43 @@ impl Shipper {
             shipped = m.shipped_through;
             self.hand_off(shipped)?;
         }
-        if let Some(m) = &current
-            && sealed.is_empty()
-        {
-            // Rewrite the marker even when nothing was new (a restored or replaced data dir).
-            self.hand_off(m.shipped_through)?;
-        }
         self.ship_snapshot(&lineage, None, false).await?;
         self.measure_backlog();
+        Ok(())
+    }
+
+    /// True when the ledger may start at this dir's first segment: it was created in
+    /// sidecar mode (which deletes nothing unshipped) and never handed anything off.
+    fn complete_history(&self, local_mark: u64) -> bool {
+        local_mark == 0 && self.args.data_dir.join(handoff::COMPLETE_HISTORY_FILE).exists()
+    }
+
+    /// Every local segment above `local_mark` that the store counts as shipped must be
+    /// in its manifest byte for byte (or covered by one of its snapshots).
+    async fn check_local_against(&self, m: &Manifest, local_mark: u64) -> anyhow::Result<()> {
+        let newest = m.newest_snapshot().map_or(0, |s| s.covers);
+        for (seq, path) in list_segments(&self.wal_dir()).context("listing wal/")? {
+            if seq <= local_mark || seq > m.shipped_through {
+                continue;
+            }
+            let data = tokio::fs::read(&path).await.with_context(|| format!("reading {}", path.display()))?;
+            let crc = crc32c::crc32c(&data);
+            match m.segments.iter().find(|e| e.seq == seq) {
+                Some(e) if e.crc32c == crc && e.bytes == data.len() as u64 => {}
+                None if seq <= newest => {}
+                _ => {
+                    return Err(Fatal(format!(
+                        "local segment {} is not the one the store's ledger {}/{} holds as segment {seq}: this data \
+                         dir has diverged from the ledger (a copy of it ships under the same name?). Ship it under \
+                         another --node",
+                        path.display(),
+                        self.mesh,
+                        self.node
+                    ))
+                    .into());
+                }
+            }
+        }
         Ok(())
     }
 
@@ -293,27 +339,9 @@ impl Shipper {
                 path.display()
             )
         })?;
+        // An object already at this key is in no manifest (everything up to `shipped_through`
+        // is skipped above): a leftover of an upload cut short, overwritten.
         let object = self.ledger.segment(seq);
-        // Segments are immutable: an object already there (an upload whose manifest update
-        // was cut short) must be this very file; anything else means two data dirs ship
-        // under one name, and overwriting would corrupt the ledger.
-        match self.ledger.store.head(&object).await {
-            Ok(_) => {
-                let existing = self.ledger.download(&object).await.with_context(|| format!("reading {object}"))?;
-                if crc32c::crc32c(&existing) == stats.crc32c && existing.len() == data.len() {
-                    return Ok(Ready { seq, data, stats });
-                }
-                return Err(Fatal(format!(
-                    "{object} in the store differs from local segment {}: another data dir ships as {}/{}",
-                    path.display(),
-                    self.mesh,
-                    self.node
-                ))
-                .into());
-            }
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e).with_context(|| format!("checking {object}")),
-        }
         let t = Instant::now();
         self.ledger
             .upload(&object, data.clone(), self.args.multipart_bytes)
@@ -349,6 +377,19 @@ impl Shipper {
             || self.metrics.conflicts.inc(),
         )
         .await?;
+        // Whoever recorded a segment must have recorded these very bytes.
+        for r in ready {
+            if let Some(e) = m.segments.iter().find(|e| e.seq == r.seq)
+                && e.crc32c != r.stats.crc32c
+            {
+                return Err(Fatal(format!(
+                    "segment {} of {}/{} in the store is not this data dir's: another data dir ships under the \
+                     same name and lineage",
+                    r.seq, self.mesh, self.node
+                ))
+                .into());
+            }
+        }
         let ops: u64 = ready.iter().map(|r| r.stats.ops).sum();
         self.metrics.ops.inc_by(ops);
         self.metrics.segments.inc_by(ready.len() as u64);
@@ -393,7 +434,7 @@ impl Shipper {
         first: bool,
     ) -> anyhow::Result<Option<Manifest>> {
         let root = self.args.data_dir.join("snapshots");
-        let Some((covers, dir)) = snapshot::latest(&root).ok().flatten() else { return Ok(None) };
+        let Some((covers, dir)) = snapshot::latest(&root).context("listing snapshots")? else { return Ok(None) };
         let current = match known {
             Some(m) => Some(m.clone()),
             None => manifest::load(&self.ledger).await?,
@@ -467,7 +508,7 @@ impl Shipper {
             .await
             .context("uploading a snapshot MANIFEST")?;
         files.insert(0, FileEntry { name: "MANIFEST".into(), bytes: raw.len() as u64, crc32c: crc32c::crc32c(&raw) });
-        Ok(Some(SnapshotEntry { covers, entries: local.entries, max_wall_ns, files }))
+        Ok(Some(SnapshotEntry { covers, entries: local.entries, max_wall_ns, files, dir: None }))
     }
 
     /// Local backlog: sealed segments not yet shipped.
@@ -486,14 +527,6 @@ impl Shipper {
 /// Seconds since the epoch.
 pub fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Fails when `data_dir` is not a plausible relay data directory.
-pub fn check_data_dir(data_dir: &Path) -> anyhow::Result<()> {
-    if !data_dir.is_dir() {
-        bail!("{} is not a directory", data_dir.display());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -26,9 +26,9 @@ use url::Url;
 /// as with the providers' own tools.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
-    /// The store: `file:///abs/dir`, `s3://bucket[/prefix]`, `gs://bucket[/prefix]`,
-    /// `az://container[/prefix]`.
-    #[arg(long, env = "AETHER_LEDGER_STORE")]
+    /// The store: `file:///abs/dir` (or a plain directory path), `s3://bucket[/prefix]`,
+    /// `gs://bucket[/prefix]`, `az://container[/prefix]`.
+    #[arg(long, env = "AETHER_LEDGER_STORE", default_value = "./aether-ledger")]
     pub store: String,
     /// S3-compatible endpoint (e.g. `http://127.0.0.1:9000` for a local server).
     #[arg(long, env = "AETHER_S3_ENDPOINT")]
@@ -76,6 +76,11 @@ impl StoreArgs {
     pub fn open(&self) -> anyhow::Result<Store> {
         // The HTTP client needs a TLS provider; keep ring, the one the rest of the project uses.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        if !self.store.contains("://") {
+            // A plain path: a local directory store (the development default).
+            let dir = std::path::absolute(&self.store).with_context(|| format!("--store {:?}", self.store))?;
+            return open_local(dir);
+        }
         let url = Url::parse(&self.store).with_context(|| format!("--store {:?} is not a URL", self.store))?;
         if url.scheme() == "file" {
             let dir = url.to_file_path().map_err(|()| anyhow::anyhow!("--store {url}: not an absolute file path"))?;
@@ -216,6 +221,20 @@ impl Ledger {
             p = p.join(part);
         }
         p
+    }
+
+    /// Object of file `name` of snapshot `entry` (in its own directory, if it has one).
+    pub fn snapshot_object(&self, entry: &crate::manifest::SnapshotEntry, name: &str) -> Path {
+        match &entry.dir {
+            None => self.snapshot_file(entry.covers, name),
+            Some(dir) => {
+                let mut p = self.base.clone();
+                for part in dir.split('/').chain(name.split('/')) {
+                    p = p.join(part);
+                }
+                p
+            }
+        }
     }
 
     /// The manifest prefix.

@@ -106,7 +106,11 @@ pub async fn verify_ledger(store: &Store, mesh: &str, node: &str, concurrency: u
     }
     for s in &m.snapshots {
         for f in &s.files {
-            expected.push((ledger.snapshot_file(s.covers, &f.name), f.bytes, f.crc32c, f.name != "MANIFEST"));
+            if let Err(e) = manifest::check_relative(&f.name) {
+                report.problems.push(format!("CORRUPT {}: {e:#}", ledger.manifest_dir()));
+                continue;
+            }
+            expected.push((ledger.snapshot_object(s, &f.name), f.bytes, f.crc32c, f.name != "MANIFEST"));
         }
     }
     let named: HashSet<ObjectPath> = expected.iter().map(|e| e.0.clone()).collect();
@@ -188,7 +192,7 @@ mod tests {
 
     #[test]
     fn gaps_bridged_by_a_snapshot_are_not_gaps() {
-        let snap = |covers| SnapshotEntry { covers, entries: 0, max_wall_ns: 0, files: vec![] };
+        let snap = |covers| SnapshotEntry { covers, entries: 0, max_wall_ns: 0, files: vec![], dir: None };
         // Compacted through 10: segment 11 names 10, which the snapshot covers.
         let m = Manifest { segments: vec![seg(11, 10), seg(12, 11)], snapshots: vec![snap(10)], ..Manifest::default() };
         assert!(gaps(&m).is_empty());

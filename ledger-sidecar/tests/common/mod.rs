@@ -88,7 +88,62 @@ impl Drop for Moto {
     }
 }
 
-/// Environment for `aether-ledger` against moto (which accepts any key).
+/// s3s-fs: an S3-compatible server that checks SigV4 signatures, storing
+/// objects as files under a temporary directory. Killed on drop.
+pub struct S3sFs {
+    child: Child,
+    pub port: u16,
+    _root: tempfile::TempDir,
+}
+
+impl S3sFs {
+    /// Starts `s3s-fs` (`$AETHER_S3S_FS`, or from `PATH`; `.ci/run` installs it) with the
+    /// keys of [`S3_ENV`] and a `ledger` bucket.
+    pub fn start() -> S3sFs {
+        let bin = std::env::var("AETHER_S3S_FS").unwrap_or_else(|_| "s3s-fs".into());
+        let root = tempdir();
+        std::fs::create_dir(root.path().join("ledger")).expect("bucket dir");
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ENV[0].1, "--secret-key", S3_ENV[1].1])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin} (cargo install s3s-fs --features binary; .ci/run does): {e}"));
+        let until = std::time::Instant::now() + DEADLINE;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < until, "s3s-fs did not listen on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        S3sFs { child, port, _root: root }
+    }
+
+    /// Store flags for the bucket, under `prefix`.
+    pub fn store_args(&self, prefix: &str) -> Vec<String> {
+        args(&[
+            "--store",
+            &format!("s3://ledger/{prefix}"),
+            "--s3-endpoint",
+            &format!("http://127.0.0.1:{}", self.port),
+            "--s3-region",
+            "us-east-1",
+            "--allow-http",
+            "--request-retry-timeout",
+            "3s",
+        ])
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Environment for `aether-ledger` against moto (which accepts any key) and s3s-fs (which checks them).
 pub const S3_ENV: [(&str, &str); 2] = [("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test")];
 
 fn signal(pid: u32, sig: &str) {

@@ -37,6 +37,15 @@ pub fn mark_complete_history(dir: &Path) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Removes [`COMPLETE_HISTORY_FILE`] (a relay opened without a sidecar).
+pub fn clear_complete_history(dir: &Path) -> io::Result<()> {
+    match fs::remove_file(dir.join(COMPLETE_HISTORY_FILE)) {
+        Ok(()) => sync_dir(&dir.join("ledger")),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Contents of the marker.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shipped {

@@ -211,6 +211,9 @@ impl Wal {
         }
         if brand_new && cfg.ledger.is_some() {
             handoff::mark_complete_history(&cfg.dir).map_err(io_ctx("writing ledger/complete-history"))?;
+        } else if cfg.ledger.is_none() {
+            // Without a sidecar, snapshots delete segments: the history is no longer whole.
+            handoff::clear_complete_history(&cfg.dir).map_err(io_ctx("removing ledger/complete-history"))?;
         }
         // Leftovers of a crash inside `rewrite_without_damage`.
         for entry in fs::read_dir(&wal_dir).map_err(io_ctx("listing wal/"))? {
