@@ -9,8 +9,10 @@
 //! running during a roll), a shipper and `compact`, can therefore never lose
 //! each other's updates or leave a half-written manifest. Create-only puts
 //! work on every backend object_store offers, the local file system included
-//! (which has no compare-and-swap on an existing object). Old generations are
-//! pruned after a successful write.
+//! (which has no compare-and-swap on an existing object). Generations behind
+//! the newest 16 and older than an hour are pruned; an update that took over
+//! ten minutes from read to write starts over, so a pruned number is never
+//! created again by a writer that read before it was pruned.
 
 use std::time::Duration;
 
@@ -26,6 +28,11 @@ use crate::store::Ledger;
 pub const FORMAT: u32 = 1;
 /// Generations kept behind the newest.
 const KEEP_GENERATIONS: u64 = 16;
+/// Older generations are pruned only once they are this old...
+const PRUNE_MIN_AGE: Duration = Duration::from_secs(3600);
+/// ...and an update that took longer than this from reading to writing starts over,
+/// so it can never recreate a generation number that was pruned meanwhile.
+const MAX_UPDATE_AGE: Duration = Duration::from_secs(600);
 /// Most attempts of one update under contention.
 const MAX_ATTEMPTS: usize = 64;
 
@@ -201,12 +208,17 @@ pub enum Change {
 /// Applies `change` to the newest manifest (or to an empty one, when the store
 /// has none, with `generation` 0) and writes the result as the next
 /// generation, retrying on conflict. Returns the manifest now in the store.
+///
+/// `change` must be idempotent: a put whose reply was lost (and whose retry is
+/// then refused as a conflict) did land, so the change can meet a manifest
+/// that already holds it.
 pub async fn update(
     ledger: &Ledger,
     mut change: impl FnMut(&mut Manifest) -> anyhow::Result<Change>,
     conflicts: impl Fn(),
 ) -> anyhow::Result<Manifest> {
     for attempt in 0..MAX_ATTEMPTS {
+        let started = std::time::Instant::now();
         let current = load(ledger).await?;
         let mut m = current.clone().unwrap_or(Manifest { format: FORMAT, ..Manifest::default() });
         if let Change::Keep = change(&mut m)? {
@@ -215,17 +227,16 @@ pub async fn update(
         let next = current.as_ref().map_or(1, |c| c.generation + 1);
         m.generation = next;
         m.updated_at = now_rfc3339();
+        // A generation number is reused only if it was pruned, and only generations older
+        // than PRUNE_MIN_AGE are: a writer this slow starts over instead of creating one.
+        if started.elapsed() > MAX_UPDATE_AGE {
+            conflicts();
+            continue;
+        }
         let body = serde_json::to_vec_pretty(&m).context("encoding the manifest")?;
         let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
         match ledger.store.put_opts(&generation_path(ledger, next), PutPayload::from(body), opts).await {
             Ok(_) => {
-                // A writer that stalled past many newer generations may create a number that
-                // was already written and pruned: then a newer generation exists, and this
-                // one is never read. Count that as a conflict.
-                if generations(ledger).await?.last().is_some_and(|g| *g > next) {
-                    conflicts();
-                    continue;
-                }
                 prune(ledger, next).await;
                 return Ok(m);
             }
@@ -246,8 +257,17 @@ async fn prune(ledger: &Ledger, newest: u64) {
     if newest <= KEEP_GENERATIONS || !newest.is_multiple_of(8) {
         return;
     }
-    let Ok(gens) = generations(ledger).await else { return };
-    for g in gens.into_iter().filter(|g| *g + KEEP_GENERATIONS <= newest) {
+    let dir = ledger.manifest_dir();
+    let Ok(metas) = ledger.store.list(Some(&dir)).try_collect::<Vec<_>>().await else { return };
+    let now = std::time::SystemTime::now();
+    let old_enough = |m: &object_store::ObjectMeta| {
+        now.duration_since(std::time::SystemTime::from(m.last_modified)).is_ok_and(|age| age >= PRUNE_MIN_AGE)
+    };
+    let gens = metas
+        .iter()
+        .filter(|m| old_enough(m))
+        .filter_map(|m| m.location.filename()?.strip_suffix(".json")?.parse::<u64>().ok());
+    for g in gens.filter(|g| *g + KEEP_GENERATIONS <= newest) {
         if let Err(e) = ledger.store.delete(&generation_path(ledger, g)).await {
             tracing::debug!(generation = g, error = %e, "could not prune a manifest generation");
         }

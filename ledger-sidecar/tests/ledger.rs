@@ -505,6 +505,9 @@ async fn concurrent_manifest_updates_never_lose_one() {
                         &ledger,
                         |m| {
                             m.lineage = "l".into();
+                            if m.segments.iter().any(|s| s.seq == seq) {
+                                return Ok(manifest::Change::Keep); // idempotent, as update() requires
+                            }
                             m.segments.push(manifest::SegmentEntry {
                                 seq,
                                 prev: 0,
