@@ -115,12 +115,19 @@ pub async fn compact_ledger(
         Ok(chain) => chain,
         // The ledger starts with a snapshot (its dir ran without a sidecar before) that is
         // still inside the window: there is no base to fold onto yet.
-        Err(_) if base.is_none() && !m.snapshots.is_empty() => Vec::new(),
+        Err(g)
+            if base.is_none()
+                && m.snapshots
+                    .first()
+                    .is_some_and(|s0| m.segments.first().is_some_and(|f| f.seq == g.seq && f.prev == s0.covers)) =>
+        {
+            Vec::new()
+        }
         Err(g) => bail!("not compacting {mesh}/{node}: segment {} follows {}, which is missing", g.seq, g.prev),
     };
     let fold: Vec<_> = chain.iter().take_while(|s| s.max_wall_ns <= cutoff_ns).map(|s| (*s).clone()).collect();
     let mut outcome = Outcome::default();
-    // A fold ending exactly at an existing snapshot would overwrite its objects: use that snapshot instead.
+    // A fold ending exactly at an existing snapshot would only repeat it: use that snapshot instead.
     let keep_from = match fold.last() {
         Some(last) if !m.snapshots.iter().any(|s| s.covers == last.seq) => {
             let entry = fold_into_snapshot(&ledger, base, &fold).await?;
@@ -153,7 +160,7 @@ pub async fn compact_ledger(
             let newest = m.newest_snapshot().map_or(0, |s| s.covers);
             let keep_from = keep_from.min(newest);
             for s in m.segments.iter().filter(|s| s.seq <= keep_from) {
-                doomed.push(ledger.segment(s.seq));
+                doomed.push(ledger.segment_object(s));
             }
             for s in m.snapshots.iter().filter(|s| s.covers < keep_from) {
                 doomed.extend(s.files.iter().map(|f| ledger.snapshot_object(s, &f.name)));
@@ -205,7 +212,7 @@ async fn fold_into_snapshot(
     }
     let mut progress = Progress::new("compact", fold.iter().map(|s| s.bytes).sum());
     for s in fold {
-        let object = ledger.segment(s.seq);
+        let object = ledger.segment_object(s);
         let data = fetch_checked(ledger, &object, s.bytes, s.crc32c).await?;
         format::for_each_op(&data, |space, op, _| state.apply(space, op))
             .map_err(|d| anyhow::anyhow!("not compacting: {object} is corrupt at {d}"))?;
@@ -240,7 +247,8 @@ async fn fetch_checked(ledger: &Ledger, object: &ObjectPath, bytes: u64, crc: u3
 }
 
 async fn delete_orphans(ledger: &Ledger, m: &Manifest, grace: Duration) -> anyhow::Result<usize> {
-    let mut named: std::collections::HashSet<ObjectPath> = m.segments.iter().map(|s| ledger.segment(s.seq)).collect();
+    let mut named: std::collections::HashSet<ObjectPath> =
+        m.segments.iter().map(|s| ledger.segment_object(s)).collect();
     for s in &m.snapshots {
         named.extend(s.files.iter().map(|f| ledger.snapshot_object(s, &f.name)));
     }

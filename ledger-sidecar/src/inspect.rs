@@ -16,7 +16,7 @@ pub struct InspectArgs {
     /// Store settings.
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The object, relative to the store URL: e.g. `default/relay-0/wal/00000000000000000003.seg`,
+    /// The object, relative to the store URL: e.g. `default/relay-0/wal/00000000000000000003-<random>.seg`,
     /// or a snapshot file.
     pub object: String,
 }

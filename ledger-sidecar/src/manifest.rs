@@ -24,8 +24,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::Ledger;
 
-/// Manifest format version.
-pub const FORMAT: u32 = 1;
+/// Manifest format version written. 2: objects under unique keys (`object`,
+/// `dir`); older binaries refuse it rather than misread it.
+pub const FORMAT: u32 = 2;
+/// Oldest format read (1: objects at `wal/<seq>.seg` and `snapshots/<seq>/`).
+pub const MIN_FORMAT: u32 = 1;
 /// Generations kept behind the newest.
 const KEEP_GENERATIONS: u64 = 16;
 /// Older generations are pruned only once they are this old...
@@ -33,6 +36,8 @@ const PRUNE_MIN_AGE: Duration = Duration::from_secs(3600);
 /// ...and an update that took longer than this from reading to writing starts over,
 /// so it can never recreate a generation number that was pruned meanwhile.
 const MAX_UPDATE_AGE: Duration = Duration::from_secs(600);
+/// Longest a manifest put may take.
+const MAX_PUT: Duration = Duration::from_secs(60);
 /// Most attempts of one update under contention.
 const MAX_ATTEMPTS: usize = 64;
 
@@ -76,6 +81,11 @@ pub struct SegmentEntry {
     pub min_wall_ns: u64,
     /// Greatest stamp wall time in it.
     pub max_wall_ns: u64,
+    /// Its object, relative to the ledger. Each upload gets a key of its own
+    /// (`wal/<seq>-<random>.seg`), so no upload ever overwrites a recorded one.
+    /// Absent in format 1: `wal/<seq>.seg`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
 }
 
 /// A shipped snapshot.
@@ -182,8 +192,18 @@ pub async fn load(ledger: &Ledger) -> anyhow::Result<Option<Manifest>> {
             Ok(raw) => {
                 let m: Manifest = serde_json::from_slice(&raw)
                     .with_context(|| format!("manifest {} is not valid", generation_path(ledger, g)))?;
-                if m.format != FORMAT {
-                    bail!("manifest {} has format {}, this tool reads {FORMAT}", generation_path(ledger, g), m.format);
+                if !(MIN_FORMAT..=FORMAT).contains(&m.format) {
+                    bail!(
+                        "manifest {} has format {}, this tool reads {MIN_FORMAT} to {FORMAT} (upgrade aether-ledger)",
+                        generation_path(ledger, g),
+                        m.format
+                    );
+                }
+                for d in m.snapshots.iter().filter_map(|s| s.dir.as_deref()) {
+                    check_relative(d)?;
+                }
+                for o in m.segments.iter().filter_map(|s| s.object.as_deref()) {
+                    check_relative(o)?;
                 }
                 if m.generation != g {
                     bail!("manifest {} says it is generation {}", generation_path(ledger, g), m.generation);
@@ -226,6 +246,7 @@ pub async fn update(
         }
         let next = current.as_ref().map_or(1, |c| c.generation + 1);
         m.generation = next;
+        m.format = FORMAT;
         m.updated_at = now_rfc3339();
         // A generation number is reused only if it was pruned, and only generations older
         // than PRUNE_MIN_AGE are: a writer this slow starts over instead of creating one.
@@ -235,7 +256,13 @@ pub async fn update(
         }
         let body = serde_json::to_vec_pretty(&m).context("encoding the manifest")?;
         let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        match ledger.store.put_opts(&generation_path(ledger, next), PutPayload::from(body), opts).await {
+        let path = generation_path(ledger, next);
+        let put = ledger.store.put_opts(&path, PutPayload::from(body), opts);
+        // Bounded, so that read-to-write stays far below PRUNE_MIN_AGE. A put that timed out
+        // may still land: callers' changes are idempotent, and the caller retries.
+        let put =
+            tokio::time::timeout(MAX_PUT, put).await.map_err(|_| anyhow::anyhow!("writing the manifest timed out"))?;
+        match put {
             Ok(_) => {
                 prune(ledger, next).await;
                 return Ok(m);
@@ -259,10 +286,10 @@ async fn prune(ledger: &Ledger, newest: u64) {
     }
     let dir = ledger.manifest_dir();
     let Ok(metas) = ledger.store.list(Some(&dir)).try_collect::<Vec<_>>().await else { return };
-    let now = std::time::SystemTime::now();
-    let old_enough = |m: &object_store::ObjectMeta| {
-        now.duration_since(std::time::SystemTime::from(m.last_modified)).is_ok_and(|age| age >= PRUNE_MIN_AGE)
-    };
+    // Ages by the store's clock (the newest generation's time), not this host's.
+    let Some(now) = metas.iter().map(|m| m.last_modified).max() else { return };
+    let old_enough =
+        |m: &object_store::ObjectMeta| (now - m.last_modified).to_std().is_ok_and(|age| age >= PRUNE_MIN_AGE);
     let gens = metas
         .iter()
         .filter(|m| old_enough(m))
@@ -286,7 +313,7 @@ mod tests {
     use super::*;
 
     fn seg(seq: u64, prev: u64) -> SegmentEntry {
-        SegmentEntry { seq, prev, bytes: 1, crc32c: 0, ops: 1, min_wall_ns: 0, max_wall_ns: 0 }
+        SegmentEntry { seq, prev, bytes: 1, crc32c: 0, ops: 1, min_wall_ns: 0, max_wall_ns: 0, object: None }
     }
 
     #[test]

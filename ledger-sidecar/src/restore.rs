@@ -170,7 +170,7 @@ impl Restorer {
         }
         for s in &chain {
             fetches.push(Fetch {
-                object: self.ledger.segment(s.seq),
+                object: self.ledger.segment_object(s),
                 dest: self.stage.join("wal").join(segment_name(s.seq)),
                 bytes: s.bytes,
                 crc32c: s.crc32c,
@@ -232,7 +232,7 @@ impl Restorer {
         let mut progress = Progress::new("replay", total);
         let (mut kept, mut left_out) = (0u64, 0u64);
         let mut downloads = futures_util::stream::iter(wanted.iter().map(|s| {
-            let object = self.ledger.segment(s.seq);
+            let object = self.ledger.segment_object(s);
             let (size, crc) = (s.bytes, s.crc32c);
             async move { (self.ledger.download(&object).await, object, size, crc) }
         }))

@@ -209,6 +209,7 @@ struct Ready {
     seq: u64,
     data: Bytes,
     stats: format::Stats,
+    key: String,
 }
 
 impl Shipper {
@@ -221,7 +222,15 @@ impl Shipper {
         let current = manifest::load(&self.ledger).await?;
         let lineage = self.lineage(current.as_ref())?;
         let mut shipped = current.as_ref().map_or(0, |m| m.shipped_through);
-        let local_mark = handoff::read_shipped(&self.args.data_dir).context("reading ledger/shipped")?.segments_through;
+        let local_mark = match handoff::read_shipped(&self.args.data_dir) {
+            Ok(s) => s.segments_through,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // Rewritten below from the store, after checking the local segments against it.
+                tracing::warn!(error = %e, "unreadable ledger/shipped; rebuilding it from the store");
+                0
+            }
+            Err(e) => return Err(e).context("reading ledger/shipped"),
+        };
         if let Some(m) = &current
             && m.shipped_through > local_mark
         {
@@ -339,16 +348,18 @@ impl Shipper {
                 path.display()
             )
         })?;
-        // An object already at this key is in no manifest (everything up to `shipped_through`
-        // is skipped above): a leftover of an upload cut short, overwritten.
-        let object = self.ledger.segment(seq);
+        // A key of its own: an upload never overwrites anything, recorded or not (leftovers
+        // of uploads cut short are unreferenced objects, which `compact` removes).
+        let key = crate::store::Ledger::new_segment_key(seq);
+        let object = self.ledger.base.clone();
+        let object = key.split('/').fold(object, |p, part| p.join(part));
         let t = Instant::now();
         self.ledger
             .upload(&object, data.clone(), self.args.multipart_bytes)
             .await
             .with_context(|| format!("uploading segment {seq}"))?;
         self.metrics.observe_upload(t.elapsed(), data.len() as u64, "segment");
-        Ok(Ready { seq, data, stats })
+        Ok(Ready { seq, data, stats, key })
     }
 
     async fn record_segments(&self, lineage: &str, ready: &[Ready]) -> anyhow::Result<Manifest> {
@@ -369,6 +380,7 @@ impl Shipper {
                         ops: r.stats.ops,
                         min_wall_ns: r.stats.min_wall_ns,
                         max_wall_ns: r.stats.max_wall_ns,
+                        object: Some(r.key.clone()),
                     });
                     m.shipped_through = r.seq;
                 }
@@ -482,8 +494,13 @@ impl Shipper {
         };
         let local: snapshot::Manifest = serde_json::from_slice(&raw)
             .map_err(|e| anyhow::anyhow!("snapshot {} has an invalid MANIFEST: {e}", dir.display()))?;
-        let mut files = Vec::with_capacity(local.files.len() + 1);
-        let mut max_wall_ns = 0;
+        let mut entry = SnapshotEntry {
+            covers,
+            entries: local.entries,
+            max_wall_ns: 0,
+            files: Vec::with_capacity(local.files.len() + 1),
+            dir: Some(format!("snapshots/{}-{:016x}", snapshot::snapshot_dir_name(covers), rand::random::<u64>())),
+        };
         for name in &local.files {
             let path = dir.join(name);
             let data = match tokio::fs::read(&path).await {
@@ -493,22 +510,24 @@ impl Shipper {
             };
             let stats = format::check(&data)
                 .map_err(|d| anyhow::anyhow!("local snapshot file {} is damaged at {d}", path.display()))?;
-            max_wall_ns = max_wall_ns.max(stats.max_wall_ns);
+            entry.max_wall_ns = entry.max_wall_ns.max(stats.max_wall_ns);
             let t = Instant::now();
             self.ledger
-                .upload(&self.ledger.snapshot_file(covers, name), data.clone(), self.args.multipart_bytes)
+                .upload(&self.ledger.snapshot_object(&entry, name), data.clone(), self.args.multipart_bytes)
                 .await
                 .with_context(|| format!("uploading snapshot file {name}"))?;
             self.metrics.observe_upload(t.elapsed(), data.len() as u64, "snapshot");
-            files.push(FileEntry { name: name.clone(), bytes: data.len() as u64, crc32c: stats.crc32c });
+            entry.files.push(FileEntry { name: name.clone(), bytes: data.len() as u64, crc32c: stats.crc32c });
         }
         let raw = Bytes::from(raw);
         self.ledger
-            .upload(&self.ledger.snapshot_file(covers, "MANIFEST"), raw.clone(), self.args.multipart_bytes)
+            .upload(&self.ledger.snapshot_object(&entry, "MANIFEST"), raw.clone(), self.args.multipart_bytes)
             .await
             .context("uploading a snapshot MANIFEST")?;
-        files.insert(0, FileEntry { name: "MANIFEST".into(), bytes: raw.len() as u64, crc32c: crc32c::crc32c(&raw) });
-        Ok(Some(SnapshotEntry { covers, entries: local.entries, max_wall_ns, files, dir: None }))
+        entry
+            .files
+            .insert(0, FileEntry { name: "MANIFEST".into(), bytes: raw.len() as u64, crc32c: crc32c::crc32c(&raw) });
+        Ok(Some(entry))
     }
 
     /// Local backlog: sealed segments not yet shipped.

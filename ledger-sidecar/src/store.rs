@@ -223,6 +223,19 @@ impl Ledger {
         p
     }
 
+    /// Object of a recorded segment.
+    pub fn segment_object(&self, entry: &crate::manifest::SegmentEntry) -> Path {
+        match &entry.object {
+            None => self.segment(entry.seq),
+            Some(key) => key.split('/').fold(self.base.clone(), |p, part| p.join(part)),
+        }
+    }
+
+    /// A fresh key for an upload of segment `seq` (relative to the ledger).
+    pub fn new_segment_key(seq: u64) -> String {
+        format!("wal/{seq:020}-{:016x}.seg", rand::random::<u64>())
+    }
+
     /// Object of file `name` of snapshot `entry` (in its own directory, if it has one).
     pub fn snapshot_object(&self, entry: &crate::manifest::SnapshotEntry, name: &str) -> Path {
         match &entry.dir {

@@ -102,7 +102,7 @@ pub async fn verify_ledger(store: &Store, mesh: &str, node: &str, concurrency: u
     report.problems.extend(gaps(&m).into_iter().map(|g| format!("GAP {}: {g}", ledger.base)));
     let mut expected: Vec<(ObjectPath, u64, u32, bool)> = Vec::new();
     for s in &m.segments {
-        expected.push((ledger.segment(s.seq), s.bytes, s.crc32c, true));
+        expected.push((ledger.segment_object(s), s.bytes, s.crc32c, true));
     }
     for s in &m.snapshots {
         for f in &s.files {
@@ -187,7 +187,7 @@ mod tests {
     use crate::manifest::{SegmentEntry, SnapshotEntry};
 
     fn seg(seq: u64, prev: u64) -> SegmentEntry {
-        SegmentEntry { seq, prev, bytes: 1, crc32c: 0, ops: 1, min_wall_ns: 0, max_wall_ns: 0 }
+        SegmentEntry { seq, prev, bytes: 1, crc32c: 0, ops: 1, min_wall_ns: 0, max_wall_ns: 0, object: None }
     }
 
     #[test]

@@ -314,6 +314,36 @@ async fn a_corrupt_object_is_named_by_verify_and_refused_by_restore() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("damaged at offset"));
 }
 
+/// A garbled hand-off marker does not stop shipping: the sidecar checks the
+/// local segments against the store and writes the marker again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbled_marker_is_rebuilt_from_the_store() {
+    let store_dir = tempdir();
+    let store = file_store(store_dir.path());
+    let data = tempdir();
+    let relay = Relay::start(data.path(), &relay_flags("1073741824"));
+    let _shipper = Shipper::start(data.path(), "r", &store, &[]);
+    write_ops(&relay, "s", "k", 1_000, 100).await;
+    wait_shipped(&relay).await;
+    let marker = aether_relay::wal::handoff::shipped_path(data.path());
+    let before = aether_relay::wal::handoff::read_shipped(data.path()).unwrap().segments_through;
+    assert!(before > 0);
+    std::fs::write(&marker, b"\x00garbage").unwrap();
+    eventually("the marker to be rewritten", || async {
+        match aether_relay::wal::handoff::read_shipped(data.path()) {
+            Ok(s) if s.segments_through >= before => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    write_ops(&relay, "s", "more", 500, 50).await;
+    wait_shipped(&relay).await;
+    let live = digests(&relay).await;
+    let restored = tempdir();
+    ledger_ok(&with(&["restore", "--node", "r"], restored.path(), &store, &[]));
+    assert_eq!(digests(&Relay::start(restored.path(), &[])).await, live);
+}
+
 /// `compact` folds segments older than the retention window into a snapshot
 /// in the store and deletes what it covers; a point-in-time restore inside
 /// the window still works on top of it, and the ledger restores to the same
@@ -516,6 +546,7 @@ async fn concurrent_manifest_updates_never_lose_one() {
                                 ops: 0,
                                 min_wall_ns: 0,
                                 max_wall_ns: 0,
+                                object: None,
                             });
                             Ok(manifest::Change::Write)
                         },
