@@ -179,6 +179,13 @@ pub struct RelayArgs {
     /// TLS private key (PEM).
     #[arg(long, env = "AETHER_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Per-cloud relay endpoint lists to serve at `/v1/clouds/{cloud}` (a JSON document the
+    /// operator writes into a ConfigMap; format in docs/protocol.md). Re-read every `--clouds-poll`.
+    #[arg(long, env = "AETHER_CLOUDS_FILE")]
+    pub clouds_file: Option<PathBuf>,
+    /// How often the clouds file is re-read.
+    #[arg(long, env = "AETHER_CLOUDS_POLL", default_value = "2s", value_parser = parse_positive_duration)]
+    pub clouds_poll: Duration,
     /// Storage settings.
     #[command(flatten)]
     pub storage: StorageArgs,

@@ -7,6 +7,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clouds;
 pub mod config;
 pub mod fanout;
 pub mod gateway;

@@ -163,6 +163,14 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
         _ => None,
     };
+    let clouds = match &args.clouds_file {
+        Some(path) => {
+            let (clouds, watcher) = crate::clouds::Clouds::load(path.clone(), args.clouds_poll)?;
+            tokio::spawn(watcher);
+            Some(clouds)
+        }
+        None => None,
+    };
     let ctx = Arc::new(GatewayCtx {
         relay: relay.clone(),
         caps: ConnCaps::new(args.limits.limit_conns, args.limits.limit_conns_per_ip),
@@ -170,6 +178,7 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
         auth_token: args.auth_token.clone(),
         auth_timeout: args.auth_timeout,
         shutdown: shutdown_rx,
+        clouds,
     });
     let router = Router::new()
         .route("/", get(http::index))
@@ -179,6 +188,8 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
         .route("/metrics", get(http::metrics))
         .route("/v1/admin/shards", get(http::admin_shards))
         .route("/v1/admin/spaces", get(http::admin_spaces))
+        .route("/v1/clouds", get(crate::clouds::list))
+        .route("/v1/clouds/{cloud}", get(crate::clouds::one))
         .with_state(ctx.clone());
 
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;

@@ -27,4 +27,6 @@ pub struct GatewayCtx {
     pub auth_timeout: Duration,
     /// Flips to `true` when the relay shuts down.
     pub shutdown: watch::Receiver<bool>,
+    /// Per-cloud endpoint lists (`--clouds-file`), if configured.
+    pub clouds: Option<Arc<crate::clouds::Clouds>>,
 }
