@@ -26,6 +26,7 @@ pub const GROUP: &str = "aethermesh.io";
     status = "MeshStatus",
     shortname = "amesh",
     derive = "PartialEq",
+    derive = "Default",
     printcolumn = r#"{"name":"Shards","type":"integer","jsonPath":".spec.shards"}"#,
     printcolumn = r#"{"name":"RF","type":"integer","jsonPath":".spec.replicationFactor"}"#,
     printcolumn = r#"{"name":"W","type":"integer","jsonPath":".spec.writeQuorum"}"#,
@@ -70,6 +71,24 @@ pub struct MeshSpec {
     /// Stop changing child objects (deletion still proceeds).
     #[serde(default)]
     pub paused: bool,
+}
+
+impl Default for MeshSpec {
+    /// The defaults an empty spec gets from the schema.
+    fn default() -> Self {
+        MeshSpec {
+            shards: default_shards(),
+            replication_factor: default_replication(),
+            write_quorum: default_write_quorum(),
+            image: default_image(),
+            object_storage: None,
+            auth: None,
+            tls: None,
+            limits: None,
+            clouds: Vec::new(),
+            paused: false,
+        }
+    }
 }
 
 fn default_shards() -> u32 {
@@ -228,6 +247,7 @@ pub struct CloudStatus {
     status = "NodeStatus",
     shortname = "anode",
     derive = "PartialEq",
+    derive = "Default",
     printcolumn = r#"{"name":"Mesh","type":"string","jsonPath":".spec.mesh"}"#,
     printcolumn = r#"{"name":"Cloud","type":"string","jsonPath":".spec.cloud"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
@@ -259,6 +279,20 @@ pub struct NodeSpec {
     #[serde(default)]
     #[schemars(length(max = 64))]
     pub public_endpoints: Vec<String>,
+}
+
+impl Default for NodeSpec {
+    fn default() -> Self {
+        NodeSpec {
+            mesh: String::new(),
+            cloud: String::new(),
+            replicas: default_replicas(),
+            resources: None,
+            storage: Storage::default(),
+            scheduling: Scheduling::default(),
+            public_endpoints: Vec::new(),
+        }
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -334,6 +368,7 @@ pub struct NodeStatus {
     status = "ClientQuotaStatus",
     shortname = "aquota",
     derive = "PartialEq",
+    derive = "Default",
     printcolumn = r#"{"name":"Mesh","type":"string","jsonPath":".spec.mesh"}"#,
     printcolumn = r#"{"name":"UID","type":"string","jsonPath":".spec.subject.uid"}"#,
     printcolumn = r#"{"name":"Parent","type":"string","jsonPath":".spec.subject.parentUid"}"#,
@@ -352,6 +387,17 @@ pub struct ClientQuotaSpec {
     #[serde(default = "default_warning")]
     #[schemars(range(min = 1, max = 100))]
     pub warning_threshold_percent: u32,
+}
+
+impl Default for ClientQuotaSpec {
+    fn default() -> Self {
+        ClientQuotaSpec {
+            mesh: String::new(),
+            subject: Subject { uid: None, parent_uid: None },
+            limits: QuotaLimits::default(),
+            warning_threshold_percent: default_warning(),
+        }
+    }
 }
 
 fn default_warning() -> u32 {

@@ -3,8 +3,11 @@
 //! per-cloud endpoint lists out.
 
 pub mod build;
+pub mod controller;
 pub mod crd;
+pub mod metrics;
 pub mod render;
+pub mod run;
 pub mod validate;
 
 /// Every CRD of the operator, as YAML documents (what `crdgen` prints and `crds/` holds).

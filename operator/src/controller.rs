@@ -1,0 +1,469 @@
+//! The reconciler: validate → build (pure, `build.rs`) → server-side apply
+//! with owner references → remove orphans → status and events.
+//!
+//! One controller runs per `Mesh`; it watches the mesh's Nodes and
+//! ClientQuotas and the children it owns, so a change to any of them
+//! reconciles the mesh. Everything it writes is idempotent.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::{DynamicObject, GroupVersionKind};
+use kube::discovery::ApiResource;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::build::{self, LABEL_MESH, MANAGER};
+use crate::crd::{ClientQuota, CloudStatus, Mesh, MeshStatus, Node, NodeStatus};
+use crate::metrics::Metrics;
+use crate::validate;
+
+/// The finalizer on every Mesh.
+pub const FINALIZER: &str = "aethermesh.io/cleanup";
+/// How often a healthy mesh is looked at again without any change.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// A reconcile failed (the error policy retries with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request.
+    #[error("{what}: {source}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Kube { what, source }
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Publishes Kubernetes Events.
+    pub reporter: Reporter,
+    /// Reconcile metrics.
+    pub metrics: Metrics,
+    /// Consecutive failures per mesh, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// Whether the ServiceMonitor CRD exists (looked up once per reconcile).
+    pub service_monitors: Option<bool>,
+}
+
+impl Context {
+    /// A context for `client`.
+    pub fn new(client: Client, metrics: Metrics) -> Self {
+        let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Context { client, reporter, metrics, failures: Mutex::new(HashMap::new()), service_monitors: None }
+    }
+}
+
+/// Reconciles one mesh: the finalizer first (added before anything is built,
+/// run and removed on deletion), then [`apply`].
+///
+/// The finalizer is written with a merge patch carrying the object's
+/// `resourceVersion` (optimistic concurrency, as controller-runtime's
+/// `Update` does) rather than kube's JSON-patch helper, whose `test` on an
+/// absent `/metadata/finalizers` the in-memory API server used in tests does
+/// not accept.
+pub async fn reconcile(mesh: Arc<Mesh>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&mesh, &ctx).await;
+    ctx.metrics.observe(started.elapsed(), result.is_ok());
+    result
+}
+
+async fn reconcile_inner(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
+    let ns = mesh.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<Mesh> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = mesh.name_any();
+    let has = mesh.finalizers().iter().any(|f| f == FINALIZER);
+    if mesh.metadata.deletion_timestamp.is_some() {
+        if has {
+            let action = cleanup(mesh, ctx).await?;
+            let rest: Vec<&String> = mesh.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+            set_finalizers(&api, mesh, &rest).await?;
+            return Ok(action);
+        }
+        return Ok(Action::await_change());
+    }
+    if !has {
+        let mut all: Vec<&String> = mesh.finalizers().iter().collect();
+        let ours = FINALIZER.to_string();
+        all.push(&ours);
+        set_finalizers(&api, mesh, &all).await?;
+        // The update wakes the controller again; build then.
+        return Ok(Action::await_change());
+    }
+    tracing::debug!(mesh = %name, "reconciling");
+    apply(mesh, ctx).await
+}
+
+async fn set_finalizers(api: &Api<Mesh>, mesh: &Mesh, finalizers: &[&String]) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": finalizers, "resourceVersion": mesh.resource_version() }
+    });
+    api.patch(&mesh.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_err(format!("updating the finalizers of mesh {}", mesh.name_any())))?;
+    Ok(())
+}
+
+/// Retries a failed mesh with exponential backoff (1 s doubling to 5 min, with jitter).
+pub fn error_policy(mesh: Arc<Mesh>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", mesh.namespace().unwrap_or_default(), mesh.name_any());
+    let n = {
+        let mut f = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(key.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = backoff(n);
+    tracing::warn!(mesh = %key, error = %error, failures = n, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// 1 s doubling per failure up to 5 min, with ±20 % jitter.
+pub fn backoff(failures: u32) -> Duration {
+    let base =
+        Duration::from_secs(1).saturating_mul(1 << failures.saturating_sub(1).min(9)).min(Duration::from_secs(300));
+    base.mul_f64(0.8 + 0.4 * rand::random::<f64>())
+}
+
+async fn event(ctx: &Context, mesh: &Mesh, type_: EventType, reason: &str, note: String) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
+    if let Err(e) = recorder.publish(&ev, &mesh.object_ref(&())).await {
+        tracing::debug!(error = %e, reason, "could not publish an event");
+    }
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: String, generation: Option<i64>) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(jiff::Timestamp::now()),
+    }
+}
+
+/// Keeps a condition's transition time when its status did not change.
+fn merge_conditions(old: &[Condition], new: Vec<Condition>) -> Vec<Condition> {
+    new.into_iter()
+        .map(|mut c| {
+            if let Some(o) = old.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+                c.last_transition_time = o.last_transition_time.clone();
+            }
+            c
+        })
+        .collect()
+}
+
+async fn set_status(ctx: &Context, mesh: &Mesh, status: MeshStatus) -> Result<(), Error> {
+    let api: Api<Mesh> = Api::namespaced(ctx.client.clone(), &mesh.namespace().unwrap_or_default());
+    let old = mesh.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let status = MeshStatus { conditions: merge_conditions(old, status.conditions), ..status };
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(&mesh.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(kube_err(format!("writing the status of mesh {}", mesh.name_any())))?;
+    Ok(())
+}
+
+async fn apply_object<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(obj))
+        .await
+        .map_err(kube_err(format!("applying {} {name}", K::kind(&()))))
+        .map(|_| ())
+}
+
+/// Deletes objects of kind `K` labelled with the mesh that are not in `keep`; returns their names.
+async fn remove_orphans<K>(api: &Api<K>, mesh: &str, keep: &BTreeSet<String>) -> Result<Vec<String>, Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let list = api
+        .list(&ListParams::default().labels(&format!("{LABEL_MESH}={mesh},app.kubernetes.io/managed-by={MANAGER}")))
+        .await
+        .map_err(kube_err("listing children"))?;
+    let mut removed = Vec::new();
+    for obj in list {
+        let name = obj.name_any();
+        if !keep.contains(&name) {
+            api.delete(&name, &DeleteParams::default()).await.map_err(kube_err(format!("deleting orphan {name}")))?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+fn names<K: Resource>(objs: &[K]) -> BTreeSet<String> {
+    objs.iter().filter_map(|o| o.meta().name.clone()).collect()
+}
+
+/// The apply half of a reconcile.
+pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
+    let ns = mesh.namespace().unwrap_or_else(|| "default".into());
+    let name = mesh.name_any();
+    let generation = mesh.metadata.generation;
+    let client = ctx.client.clone();
+
+    // 1. Validate: an invalid mesh is reported, never built.
+    let problems = validate::mesh(mesh);
+    if !problems.is_empty() {
+        let msg = problems.join("; ");
+        event(ctx, mesh, EventType::Warning, "Invalid", msg.clone()).await;
+        let conditions = vec![
+            condition("Ready", false, "Invalid", msg.clone(), generation),
+            condition("Progressing", false, "Invalid", "nothing is applied until the spec is fixed".into(), generation),
+            condition("Degraded", true, "Invalid", msg, generation),
+        ];
+        set_status(ctx, mesh, MeshStatus { observed_generation: generation, conditions, clouds: vec![] }).await?;
+        return Ok(Action::requeue(RESYNC));
+    }
+    if mesh.spec.paused {
+        let conditions = vec![condition(
+            "Progressing",
+            false,
+            "Paused",
+            "spec.paused: children are left as they are".into(),
+            generation,
+        )];
+        let mut status = mesh.status.clone().unwrap_or_default();
+        status.observed_generation = generation;
+        status.conditions.retain(|c| c.type_ != "Progressing");
+        status.conditions.extend(conditions);
+        set_status(ctx, mesh, status).await?;
+        return Ok(Action::requeue(RESYNC));
+    }
+
+    // 2. Inputs: the mesh's Nodes and quotas; invalid ones are left out and reported.
+    let node_api: Api<Node> = Api::namespaced(client.clone(), &ns);
+    let quota_api: Api<ClientQuota> = Api::namespaced(client.clone(), &ns);
+    let all_nodes = node_api.list(&ListParams::default()).await.map_err(kube_err("listing Nodes"))?;
+    let all_quotas = quota_api.list(&ListParams::default()).await.map_err(kube_err("listing ClientQuotas"))?;
+    let mut invalid = Vec::new();
+    let nodes: Vec<&Node> = all_nodes
+        .items
+        .iter()
+        .filter(|n| n.spec.mesh == name)
+        .filter(|n| {
+            let p = validate::node(n, mesh);
+            if !p.is_empty() {
+                invalid.push(format!("Node {}: {}", n.name_any(), p.join("; ")));
+            }
+            p.is_empty()
+        })
+        .collect();
+    let quotas: Vec<&ClientQuota> = all_quotas
+        .items
+        .iter()
+        .filter(|q| q.spec.mesh == name)
+        .filter(|q| {
+            let p = validate::quota(q);
+            if !p.is_empty() {
+                invalid.push(format!("ClientQuota {}: {}", q.name_any(), p.join("; ")));
+            }
+            p.is_empty()
+        })
+        .collect();
+
+    // 3. Build (pure) and apply.
+    let children = build::build_all(mesh, &nodes, &quotas);
+    let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let pdb_api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
+    let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    apply_object(&cm_api, &children.config_map).await?;
+    for s in &children.services {
+        apply_object(&svc_api, s).await?;
+    }
+    for s in &children.statefulsets {
+        apply_object(&sts_api, s).await?;
+    }
+    for p in &children.pdbs {
+        apply_object(&pdb_api, p).await?;
+    }
+    for p in &children.network_policies {
+        apply_object(&np_api, p).await?;
+    }
+    if service_monitor_crd_exists(ctx).await {
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"));
+        let sm_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        for sm in &children.service_monitors {
+            let obj: DynamicObject = serde_json::from_value(sm.clone()).expect("built as a valid object");
+            let n = obj.name_any();
+            sm_api
+                .patch(&n, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&obj))
+                .await
+                .map_err(kube_err(format!("applying ServiceMonitor {n}")))?;
+        }
+    }
+
+    // 4. Orphans: children of this mesh that the spec no longer asks for.
+    let mut removed = Vec::new();
+    removed.extend(remove_orphans(&sts_api, &name, &names(&children.statefulsets)).await?);
+    removed.extend(remove_orphans(&svc_api, &name, &names(&children.services)).await?);
+    removed.extend(remove_orphans(&pdb_api, &name, &names(&children.pdbs)).await?);
+    removed.extend(remove_orphans(&np_api, &name, &names(&children.network_policies)).await?);
+    if !removed.is_empty() {
+        event(ctx, mesh, EventType::Normal, "Pruned", format!("removed {}", removed.join(", "))).await;
+    }
+
+    // 5. Status: ready relays per cloud from the StatefulSets.
+    let mut clouds: BTreeMap<String, CloudStatus> = BTreeMap::new();
+    let (mut wanted, mut ready) = (0, 0);
+    for n in &nodes {
+        let sts = sts_api.get_opt(&n.name_any()).await.map_err(kube_err("reading a StatefulSet"))?;
+        let r = sts.and_then(|s| s.status).and_then(|s| s.ready_replicas).unwrap_or(0);
+        let c = clouds
+            .entry(n.spec.cloud.clone())
+            .or_insert_with(|| CloudStatus { name: n.spec.cloud.clone(), ..Default::default() });
+        c.relays += n.spec.replicas;
+        c.ready_relays += r;
+        wanted += n.spec.replicas;
+        ready += r;
+        set_node_status(&node_api, n, r).await?;
+    }
+    let all_ready = ready >= wanted && wanted > 0;
+    let conditions = vec![
+        condition(
+            "Ready",
+            all_ready && invalid.is_empty(),
+            if all_ready { "RelaysReady" } else { "RelaysStarting" },
+            format!("{ready}/{wanted} relays ready"),
+            generation,
+        ),
+        condition(
+            "Progressing",
+            !all_ready,
+            if all_ready { "Reconciled" } else { "RollingOut" },
+            format!("{} StatefulSets applied", children.statefulsets.len()),
+            generation,
+        ),
+        condition(
+            "Degraded",
+            !invalid.is_empty(),
+            if invalid.is_empty() { "AllValid" } else { "InvalidChildren" },
+            if invalid.is_empty() { "every Node and ClientQuota is valid".into() } else { invalid.join("; ") },
+            generation,
+        ),
+    ];
+    if !invalid.is_empty() {
+        event(ctx, mesh, EventType::Warning, "InvalidChildren", invalid.join("; ")).await;
+    }
+    for q in all_quotas.items.iter().filter(|q| q.spec.mesh == name) {
+        set_quota_status(&quota_api, q, &build::config_map_name(&name)).await?;
+    }
+    let changed = mesh.status.as_ref().and_then(|s| s.observed_generation) != generation;
+    set_status(
+        ctx,
+        mesh,
+        MeshStatus { observed_generation: generation, conditions, clouds: clouds.into_values().collect() },
+    )
+    .await?;
+    if changed {
+        event(ctx, mesh, EventType::Normal, "Applied", format!("generation {} applied", generation.unwrap_or(0))).await;
+    }
+    ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("{ns}/{name}"));
+    Ok(Action::requeue(if all_ready { RESYNC } else { Duration::from_secs(15) }))
+}
+
+async fn set_node_status(api: &Api<Node>, node: &Node, ready: i32) -> Result<(), Error> {
+    let ok = ready >= node.spec.replicas;
+    let status = NodeStatus {
+        observed_generation: node.metadata.generation,
+        ready_replicas: ready,
+        conditions: merge_conditions(
+            node.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default(),
+            vec![condition(
+                "Ready",
+                ok,
+                if ok { "RelaysReady" } else { "RelaysStarting" },
+                format!("{ready}/{} relays ready", node.spec.replicas),
+                node.metadata.generation,
+            )],
+        ),
+    };
+    api.patch_status(
+        &node.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&serde_json::json!({ "status": status })),
+    )
+    .await
+    .map_err(kube_err(format!("writing the status of Node {}", node.name_any())))?;
+    Ok(())
+}
+
+/// A quota is compiled (or not, when invalid); usage is not reported by relays
+/// yet, and the status says so instead of showing a number.
+async fn set_quota_status(api: &Api<ClientQuota>, q: &ClientQuota, config_map: &str) -> Result<(), Error> {
+    let problems = validate::quota(q);
+    let g = q.metadata.generation;
+    let ready = if problems.is_empty() {
+        condition("Ready", true, "Compiled", format!("in quotas.json of ConfigMap {config_map}"), g)
+    } else {
+        condition("Ready", false, "Invalid", problems.join("; "), g)
+    };
+    let usage = condition(
+        "UsageReported",
+        false,
+        "RelaysDoNotReportUsage",
+        "relays do not enforce quotas or report usage yet".into(),
+        g,
+    );
+    let old = q.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let status =
+        crate::crd::ClientQuotaStatus { observed_generation: g, conditions: merge_conditions(old, vec![ready, usage]) };
+    api.patch_status(&q.name_any(), &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "status": status })))
+        .await
+        .map_err(kube_err(format!("writing the status of ClientQuota {}", q.name_any())))?;
+    Ok(())
+}
+
+async fn service_monitor_crd_exists(ctx: &Context) -> bool {
+    if let Some(known) = ctx.service_monitors {
+        return known;
+    }
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(ctx.client.clone());
+    matches!(crds.get_opt("servicemonitors.monitoring.coreos.com").await, Ok(Some(_)))
+}
+
+/// The cleanup half: children go with their owner references (garbage
+/// collection); volumes are kept on purpose (they hold the data).
+pub async fn cleanup(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
+    event(
+        ctx,
+        mesh,
+        EventType::Normal,
+        "Deleted",
+        "children are garbage-collected; relay volumes (PersistentVolumeClaims) are kept".into(),
+    )
+    .await;
+    Ok(Action::await_change())
+}

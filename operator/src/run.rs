@@ -1,0 +1,69 @@
+//! `aether-operator run`: the controller against the cluster in the
+//! environment (in-cluster service account, or `KUBECONFIG`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{Controller, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::build::{LABEL_MESH, MANAGER};
+use crate::controller::{self, Context};
+use crate::crd::{ClientQuota, Mesh, Node};
+use crate::metrics::Metrics;
+
+/// Runs the controller until SIGTERM/SIGINT, serving `/metrics` and `/healthz` on `listen`.
+pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
+    let meshes: Api<Mesh> = Api::all(client.clone());
+    meshes
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .context("listing meshes.aethermesh.io: are the CRDs installed (kubectl apply -f crds/)?")?;
+    let metrics = Metrics::new();
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    let m = metrics.clone();
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(move || async move { m.render() }))
+        .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    let ctx = Arc::new(Context::new(client.clone(), metrics));
+    let managed = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    // Children carry the mesh's name as a label; Nodes and quotas name it in their spec.
+    let by_label = |meta: &kube::api::ObjectMeta| {
+        let mesh = meta.labels.as_ref()?.get(LABEL_MESH)?.clone();
+        Some(ObjectRef::<Mesh>::new(&mesh).within(meta.namespace.as_deref()?))
+    };
+    tracing::info!(%listen, "aether-operator running");
+    Controller::new(meshes, watcher::Config::default())
+        .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
+        .watches(Api::<StatefulSet>::all(client.clone()), managed.clone(), move |s| by_label(&s.metadata))
+        .watches(Api::<Service>::all(client.clone()), managed, move |s| by_label(&s.metadata))
+        .watches(Api::<Node>::all(client.clone()), watcher::Config::default(), |n| {
+            Some(ObjectRef::<Mesh>::new(&n.spec.mesh).within(&n.namespace()?))
+        })
+        .watches(Api::<ClientQuota>::all(client.clone()), watcher::Config::default(), |q| {
+            Some(ObjectRef::<Mesh>::new(&q.spec.mesh).within(&q.namespace()?))
+        })
+        .shutdown_on_signal()
+        .run(controller::reconcile, controller::error_policy, ctx)
+        .for_each(|r| async move {
+            match r {
+                Ok((obj, _)) => tracing::debug!(mesh = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+    tracing::info!("stopped");
+    Ok(())
+}

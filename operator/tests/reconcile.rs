@@ -1,0 +1,234 @@
+//! Reconcile flows against the kube-rs ecosystem's in-memory API server
+//! (kube-fake-client): the exact children, their removal, status, events,
+//! invalid and paused meshes, deletion.
+
+use std::sync::Arc;
+
+use aether_operator::controller::{self, Context, FINALIZER};
+use aether_operator::crd::{ClientQuota, Mesh, Node};
+use aether_operator::metrics::Metrics;
+use aether_operator::render::{Inputs, parse};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, ResourceExt};
+use kube_fake_client::ClientBuilder;
+
+fn examples() -> Inputs {
+    let mut i = Inputs::default();
+    for (name, text) in [
+        ("mesh.yaml", include_str!("../../deploy/examples/mesh.yaml")),
+        ("nodes.yaml", include_str!("../../deploy/examples/nodes.yaml")),
+        ("quotas.yaml", include_str!("../../deploy/examples/quotas.yaml")),
+    ] {
+        parse(text, name, &mut i).unwrap();
+    }
+    i
+}
+
+async fn cluster(inputs: Inputs) -> Client {
+    let mut b = ClientBuilder::new()
+        .with_resource::<Mesh>()
+        .with_resource::<Node>()
+        .with_resource::<ClientQuota>()
+        .with_status_subresource::<Mesh>()
+        .with_status_subresource::<Node>()
+        .with_status_subresource::<ClientQuota>()
+        .with_status_subresource::<StatefulSet>();
+    for m in inputs.meshes {
+        b = b.with_object(m);
+    }
+    for n in inputs.nodes {
+        b = b.with_object(n);
+    }
+    for q in inputs.quotas {
+        b = b.with_object(q);
+    }
+    b.build().await.unwrap()
+}
+
+/// Reads the mesh as the controller would get it, and reconciles it.
+async fn reconcile(client: &Client, name: &str) -> Result<kube::runtime::controller::Action, controller::Error> {
+    let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get(name).await.unwrap();
+    let ctx = Arc::new(Context::new(client.clone(), Metrics::new()));
+    controller::reconcile(Arc::new(mesh), ctx).await
+}
+
+async fn names<K>(client: &Client) -> Vec<String>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let mut v: Vec<String> = Api::<K>::namespaced(client.clone(), "aether")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|o| o.name_any())
+        .collect();
+    v.sort();
+    v
+}
+
+fn condition<'a>(mesh: &'a Mesh, type_: &str) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    mesh.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+#[tokio::test]
+async fn a_mesh_becomes_its_children_status_follows_readiness_and_orphans_go() {
+    let client = cluster(examples()).await;
+    let meshes = Api::<Mesh>::namespaced(client.clone(), "aether");
+    // The first pass adds the finalizer and builds nothing; the next one applies.
+    reconcile(&client, "prod").await.unwrap();
+    assert_eq!(meshes.get("prod").await.unwrap().finalizers(), [FINALIZER.to_string()]);
+    assert!(names::<StatefulSet>(&client).await.is_empty());
+    reconcile(&client, "prod").await.unwrap();
+
+    assert_eq!(names::<StatefulSet>(&client).await, ["prod-eu", "prod-us"]);
+    assert_eq!(names::<Service>(&client).await, ["prod-eu", "prod-eu-mesh", "prod-us", "prod-us-mesh"]);
+    assert_eq!(names::<PodDisruptionBudget>(&client).await, ["prod-eu", "prod-us"]);
+    assert_eq!(names::<NetworkPolicy>(&client).await, ["prod-eu", "prod-us"]);
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), "aether").get("prod-mesh").await.unwrap();
+    let data = cm.data.unwrap();
+    assert_eq!(data["members"].lines().filter(|l| !l.starts_with('#')).count(), 5);
+    assert!(data["clouds.json"].contains("wss://eu.relay.example.com"));
+    assert!(data["quotas.json"].contains("kiosk-17"));
+    let sts_api = Api::<StatefulSet>::namespaced(client.clone(), "aether");
+    let eu = sts_api.get("prod-eu").await.unwrap();
+    assert_eq!(eu.spec.as_ref().unwrap().replicas, Some(3));
+    assert_eq!(eu.owner_references()[0].kind, "Node");
+
+    let mesh = meshes.get("prod").await.unwrap();
+    assert_eq!(mesh.status.as_ref().unwrap().observed_generation, mesh.metadata.generation);
+    assert_eq!(condition(&mesh, "Ready").status, "False");
+    assert_eq!(condition(&mesh, "Ready").message, "0/5 relays ready");
+    assert_eq!(condition(&mesh, "Progressing").status, "True");
+    assert_eq!(condition(&mesh, "Degraded").status, "False");
+    assert!(reasons(&client).await.contains(&"Applied".to_string()), "{:?}", reasons(&client).await);
+
+    // The relays come up.
+    for (name, ready) in [("prod-eu", 3), ("prod-us", 2)] {
+        let patch = serde_json::json!({ "status": { "replicas": ready, "readyReplicas": ready } });
+        sts_api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    }
+    reconcile(&client, "prod").await.unwrap();
+    let mesh = meshes.get("prod").await.unwrap();
+    assert_eq!(condition(&mesh, "Ready").status, "True", "{:?}", mesh.status);
+    assert_eq!(condition(&mesh, "Progressing").status, "False");
+    let clouds = &mesh.status.as_ref().unwrap().clouds;
+    assert_eq!((clouds[0].name.as_str(), clouds[0].ready_relays, clouds[0].relays), ("eu-west", 3, 3));
+    let node = Api::<Node>::namespaced(client.clone(), "aether").get("prod-us").await.unwrap();
+    assert_eq!(node.status.unwrap().ready_replicas, 2);
+    // Quotas are compiled; usage is not reported by relays yet, and the status says so.
+    let quota = Api::<ClientQuota>::namespaced(client.clone(), "aether").get("acme").await.unwrap();
+    let conds = quota.status.unwrap().conditions;
+    let get = |t: &str| conds.iter().find(|c| c.type_ == t).unwrap().clone();
+    assert_eq!((get("Ready").status.as_str(), get("Ready").reason.as_str()), ("True", "Compiled"));
+    assert_eq!(
+        (get("UsageReported").status.as_str(), get("UsageReported").reason.as_str()),
+        ("False", "RelaysDoNotReportUsage")
+    );
+
+    // prod-us shrinks to one relay: its PDB is an orphan now and goes.
+    let nodes = Api::<Node>::namespaced(client.clone(), "aether");
+    nodes
+        .patch("prod-us", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"replicas": 1}})))
+        .await
+        .unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    assert_eq!(names::<PodDisruptionBudget>(&client).await, ["prod-eu"]);
+    assert!(reasons(&client).await.contains(&"Pruned".to_string()));
+    assert_eq!(sts_api.get("prod-us").await.unwrap().spec.unwrap().replicas, Some(1));
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), "aether").get("prod-mesh").await.unwrap();
+    assert!(!cm.data.unwrap()["members"].contains("prod-us-1="));
+}
+
+#[tokio::test]
+async fn an_invalid_mesh_is_reported_and_nothing_is_built() {
+    let mut inputs = examples();
+    inputs.meshes[0].spec.write_quorum = 5; // above replicationFactor 3
+    let client = cluster(inputs).await;
+    reconcile(&client, "prod").await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    assert!(names::<StatefulSet>(&client).await.is_empty());
+    let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
+    let degraded = condition(&mesh, "Degraded");
+    assert_eq!((degraded.status.as_str(), degraded.reason.as_str()), ("True", "Invalid"));
+    assert!(degraded.message.contains("writeQuorum"), "{}", degraded.message);
+    assert_eq!(condition(&mesh, "Ready").status, "False");
+}
+
+#[tokio::test]
+async fn an_invalid_node_is_left_out_and_the_mesh_says_why() {
+    let mut inputs = examples();
+    inputs.nodes[1].spec.cloud = "mars".into();
+    let client = cluster(inputs).await;
+    reconcile(&client, "prod").await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    assert_eq!(names::<StatefulSet>(&client).await, ["prod-eu"]);
+    let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
+    let degraded = condition(&mesh, "Degraded");
+    assert_eq!(degraded.status, "True");
+    assert!(degraded.message.contains("Node prod-us") && degraded.message.contains("mars"), "{}", degraded.message);
+}
+
+#[tokio::test]
+async fn a_paused_mesh_changes_nothing() {
+    let client = cluster(examples()).await;
+    reconcile(&client, "prod").await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    let meshes = Api::<Mesh>::namespaced(client.clone(), "aether");
+    meshes
+        .patch("prod", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"paused": true}})))
+        .await
+        .unwrap();
+    let nodes = Api::<Node>::namespaced(client.clone(), "aether");
+    nodes
+        .patch("prod-eu", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"replicas": 5}})))
+        .await
+        .unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), "aether").get("prod-eu").await.unwrap();
+    assert_eq!(sts.spec.unwrap().replicas, Some(3), "a paused mesh was changed");
+    let mesh = meshes.get("prod").await.unwrap();
+    assert_eq!(condition(&mesh, "Progressing").reason, "Paused");
+    // Unpaused, the change goes through.
+    meshes
+        .patch("prod", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"paused": false}})))
+        .await
+        .unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), "aether").get("prod-eu").await.unwrap();
+    assert_eq!(sts.spec.unwrap().replicas, Some(5));
+}
+
+/// A mesh being deleted (the in-memory API server deletes at once, so the
+/// state the API server holds a finalized object in is seeded): cleanup runs,
+/// an event says what is kept, only our finalizer is removed.
+#[tokio::test]
+async fn deleting_a_mesh_runs_its_cleanup_and_drops_only_its_finalizer() {
+    let mut inputs = examples();
+    let m = &mut inputs.meshes[0];
+    m.metadata.finalizers = Some(vec![FINALIZER.into(), "example.com/other".into()]);
+    m.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    let client = cluster(inputs).await;
+    reconcile(&client, "prod").await.unwrap();
+    let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
+    assert_eq!(mesh.finalizers(), ["example.com/other".to_string()]);
+    assert!(names::<StatefulSet>(&client).await.is_empty(), "a mesh being deleted was built");
+    assert!(reasons(&client).await.contains(&"Deleted".to_string()));
+}
+
+async fn reasons(client: &Client) -> Vec<String> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), "aether")
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.reason.clone())
+        .collect()
+}
