@@ -52,6 +52,13 @@ pub fn config_map_name(mesh: &str) -> String {
     format!("{mesh}-mesh")
 }
 
+/// The admin URL of pod `ordinal` of `node` (its hand-off state).
+pub fn admin_shards_url(mesh: &Mesh, node: &str, ordinal: i32) -> String {
+    let ns = mesh.namespace().unwrap_or_else(|| "default".into());
+    let scheme = if mesh.spec.tls.is_some() { "https" } else { "http" };
+    format!("{scheme}://{node}-{ordinal}.{}.{ns}.svc:{CLIENT_PORT}/v1/admin/shards", headless_name(node))
+}
+
 /// Name of a Node's headless Service (pod DNS names for the mesh).
 pub fn headless_name(node: &str) -> String {
     format!("{node}-mesh")
@@ -655,10 +662,22 @@ pub struct Children {
 
 /// Builds every child of `mesh` from its Nodes and ClientQuotas (those that name it).
 pub fn build_all(mesh: &Mesh, nodes: &[&Node], client_quotas: &[&ClientQuota]) -> Children {
+    build_all_draining(mesh, nodes, client_quotas, &BTreeMap::new())
+}
+
+/// [`build_all`] during a scale-down: pods of `draining[node]` and above are
+/// left out of the membership (so they hand their shards off) while their
+/// StatefulSet keeps them (the caller sets its replicas).
+pub fn build_all_draining(
+    mesh: &Mesh,
+    nodes: &[&Node],
+    client_quotas: &[&ClientQuota],
+    draining: &BTreeMap<String, i32>,
+) -> Children {
     let mine: Vec<&Node> = nodes.iter().copied().filter(|n| n.spec.mesh == mesh.name_any()).collect();
     let quotas: Vec<&ClientQuota> = client_quotas.iter().copied().filter(|q| q.spec.mesh == mesh.name_any()).collect();
     let mut c = Children {
-        config_map: build_config_map(mesh, &mine, &quotas, &BTreeMap::new()),
+        config_map: build_config_map(mesh, &mine, &quotas, draining),
         statefulsets: Vec::new(),
         services: Vec::new(),
         pdbs: Vec::new(),

@@ -64,13 +64,71 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Whether the ServiceMonitor CRD exists (looked up once per reconcile).
     pub service_monitors: Option<bool>,
+    /// Asks a leaving relay whether it has handed its shards off.
+    pub handoff: Arc<dyn Handoff>,
+}
+
+/// A relay's hand-off state, from its `/v1/admin/shards`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandoffState {
+    /// The relay still sees itself in the membership (it has not re-read it yet).
+    pub in_membership: bool,
+    /// Shards it holds that some owner still lacks (0: safe to stop it).
+    pub pending_shards: u64,
+}
+
+/// Reads a relay's hand-off state (HTTP in a cluster; scripted in tests).
+pub trait Handoff: Send + Sync {
+    /// The state at `url` (`…/v1/admin/shards`).
+    fn state(&self, url: String) -> std::pin::Pin<Box<dyn Future<Output = Result<HandoffState, String>> + Send + '_>>;
+}
+
+/// [`Handoff`] over plain HTTP/1.1 (in-cluster pod DNS).
+pub struct HttpHandoff;
+
+impl Handoff for HttpHandoff {
+    fn state(&self, url: String) -> std::pin::Pin<Box<dyn Future<Output = Result<HandoffState, String>> + Send + '_>> {
+        Box::pin(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            // TLS meshes serve the admin endpoint over TLS with the mesh's CA, which this
+            // probe does not load yet: their scale-down waits, and the status says why.
+            let rest = url.strip_prefix("http://").ok_or("reading hand-off over https is not supported yet")?;
+            let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+            let io = async {
+                let mut s = tokio::net::TcpStream::connect(host).await?;
+                let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+                s.write_all(req.as_bytes()).await?;
+                let mut out = Vec::new();
+                s.take(1 << 20).read_to_end(&mut out).await?;
+                Ok::<_, std::io::Error>(out)
+            };
+            let out = tokio::time::timeout(Duration::from_secs(5), io)
+                .await
+                .map_err(|_| format!("{url}: timed out"))?
+                .map_err(|e| format!("{url}: {e}"))?;
+            let text = String::from_utf8_lossy(&out);
+            let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or(format!("{url}: no HTTP body"))?;
+            let v: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("{url}: {e}"))?;
+            Ok(HandoffState {
+                in_membership: v["in_membership"].as_bool().unwrap_or(true),
+                pending_shards: v["handoff"]["pending_shards"].as_u64().unwrap_or(0),
+            })
+        })
+    }
 }
 
 impl Context {
     /// A context for `client`.
     pub fn new(client: Client, metrics: Metrics) -> Self {
         let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Context { client, reporter, metrics, failures: Mutex::new(HashMap::new()), service_monitors: None }
+        Context {
+            client,
+            reporter,
+            metrics,
+            failures: Mutex::new(HashMap::new()),
+            service_monitors: None,
+            handoff: Arc::new(HttpHandoff),
+        }
     }
 }
 
@@ -291,11 +349,53 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         })
         .collect();
 
-    // 3. Build (pure) and apply.
-    let children = build::build_all(mesh, &nodes, &quotas);
+    // 3. Scale-down is drained: pods that will go leave the membership first, and their
+    //    StatefulSet keeps them until each has handed its shards off.
+    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let mut draining = BTreeMap::new();
+    let mut held_replicas = BTreeMap::new();
+    let mut waiting = Vec::new();
+    for n in &nodes {
+        let current = sts_api
+            .get_opt(&n.name_any())
+            .await
+            .map_err(kube_err("reading a StatefulSet"))?
+            .and_then(|s| s.spec?.replicas)
+            .unwrap_or(0);
+        if current <= n.spec.replicas {
+            continue;
+        }
+        draining.insert(n.name_any(), n.spec.replicas);
+        let before = waiting.len();
+        for ordinal in n.spec.replicas..current {
+            let url = build::admin_shards_url(mesh, &n.name_any(), ordinal);
+            match ctx.handoff.state(url).await {
+                Ok(HandoffState { in_membership: false, pending_shards: 0 }) => {}
+                Ok(s) => waiting.push(format!(
+                    "{}-{ordinal}: {} shards to hand off{}",
+                    n.name_any(),
+                    s.pending_shards,
+                    if s.in_membership { ", membership not re-read yet" } else { "" }
+                )),
+                Err(e) => waiting.push(format!("{}-{ordinal}: hand-off unknown ({e})", n.name_any())),
+            }
+        }
+        if waiting.len() > before {
+            held_replicas.insert(n.name_any(), current);
+        }
+    }
+
+    // 4. Build (pure) and apply.
+    let mut children = build::build_all_draining(mesh, &nodes, &quotas, &draining);
+    for sts in &mut children.statefulsets {
+        if let (Some(keep), Some(spec)) =
+            (sts.metadata.name.as_ref().and_then(|n| held_replicas.get(n)), sts.spec.as_mut())
+        {
+            spec.replicas = Some(*keep);
+        }
+    }
     let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let svc_api: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     let pdb_api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
     let np_api: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
     apply_object(&cm_api, &children.config_map).await?;
@@ -324,7 +424,7 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
-    // 4. Orphans: children of this mesh that the spec no longer asks for.
+    // 5. Orphans: children of this mesh that the spec no longer asks for.
     let mut removed = Vec::new();
     removed.extend(remove_orphans(&sts_api, &name, &names(&children.statefulsets)).await?);
     removed.extend(remove_orphans(&svc_api, &name, &names(&children.services)).await?);
@@ -334,7 +434,7 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         event(ctx, mesh, EventType::Normal, "Pruned", format!("removed {}", removed.join(", "))).await;
     }
 
-    // 5. Status: ready relays per cloud from the StatefulSets.
+    // 6. Status: ready relays per cloud from the StatefulSets.
     let mut clouds: BTreeMap<String, CloudStatus> = BTreeMap::new();
     let (mut wanted, mut ready) = (0, 0);
     for n in &nodes {
@@ -358,13 +458,17 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
             format!("{ready}/{wanted} relays ready"),
             generation,
         ),
-        condition(
-            "Progressing",
-            !all_ready,
-            if all_ready { "Reconciled" } else { "RollingOut" },
-            format!("{} StatefulSets applied", children.statefulsets.len()),
-            generation,
-        ),
+        if waiting.is_empty() {
+            condition(
+                "Progressing",
+                !all_ready,
+                if all_ready { "Reconciled" } else { "RollingOut" },
+                format!("{} StatefulSets applied", children.statefulsets.len()),
+                generation,
+            )
+        } else {
+            condition("Progressing", true, "Draining", waiting.join("; "), generation)
+        },
         condition(
             "Degraded",
             !invalid.is_empty(),
@@ -389,8 +493,18 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
     if changed {
         event(ctx, mesh, EventType::Normal, "Applied", format!("generation {} applied", generation.unwrap_or(0))).await;
     }
+    if !waiting.is_empty() {
+        event(ctx, mesh, EventType::Normal, "Draining", waiting.join("; ")).await;
+    }
     ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("{ns}/{name}"));
-    Ok(Action::requeue(if all_ready { RESYNC } else { Duration::from_secs(15) }))
+    let again = if !waiting.is_empty() {
+        Duration::from_secs(5)
+    } else if all_ready {
+        RESYNC
+    } else {
+        Duration::from_secs(15)
+    };
+    Ok(Action::requeue(again))
 }
 
 async fn set_node_status(api: &Api<Node>, node: &Node, ready: i32) -> Result<(), Error> {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use aether_operator::controller::{self, Context, FINALIZER};
+use aether_operator::controller::{self, Context, FINALIZER, Handoff, HandoffState};
 use aether_operator::crd::{ClientQuota, Mesh, Node};
 use aether_operator::metrics::Metrics;
 use aether_operator::render::{Inputs, parse};
@@ -51,9 +51,33 @@ async fn cluster(inputs: Inputs) -> Client {
 
 /// Reads the mesh as the controller would get it, and reconciles it.
 async fn reconcile(client: &Client, name: &str) -> Result<kube::runtime::controller::Action, controller::Error> {
+    reconcile_with(client, name, Arc::new(Scripted::default())).await
+}
+
+async fn reconcile_with(
+    client: &Client,
+    name: &str,
+    handoff: Arc<Scripted>,
+) -> Result<kube::runtime::controller::Action, controller::Error> {
     let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get(name).await.unwrap();
-    let ctx = Arc::new(Context::new(client.clone(), Metrics::new()));
-    controller::reconcile(Arc::new(mesh), ctx).await
+    let mut ctx = Context::new(client.clone(), Metrics::new());
+    ctx.handoff = handoff;
+    controller::reconcile(Arc::new(mesh), Arc::new(ctx)).await
+}
+
+/// Relays' hand-off answers, scripted: every asked URL is recorded.
+#[derive(Default)]
+struct Scripted {
+    state: std::sync::Mutex<Option<HandoffState>>,
+    asked: std::sync::Mutex<Vec<String>>,
+}
+
+impl Handoff for Scripted {
+    fn state(&self, url: String) -> std::pin::Pin<Box<dyn Future<Output = Result<HandoffState, String>> + Send + '_>> {
+        self.asked.lock().unwrap().push(url);
+        let s = *self.state.lock().unwrap();
+        Box::pin(async move { s.ok_or_else(|| "connection refused".to_string()) })
+    }
 }
 
 async fn names<K>(client: &Client) -> Vec<String>
@@ -133,13 +157,15 @@ async fn a_mesh_becomes_its_children_status_follows_readiness_and_orphans_go() {
         ("False", "RelaysDoNotReportUsage")
     );
 
-    // prod-us shrinks to one relay: its PDB is an orphan now and goes.
+    // prod-us shrinks to one relay (which has handed off): its PDB is an orphan now and goes.
     let nodes = Api::<Node>::namespaced(client.clone(), "aether");
     nodes
         .patch("prod-us", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"replicas": 1}})))
         .await
         .unwrap();
-    reconcile(&client, "prod").await.unwrap();
+    let handed_off = Arc::new(Scripted::default());
+    *handed_off.state.lock().unwrap() = Some(HandoffState { in_membership: false, pending_shards: 0 });
+    reconcile_with(&client, "prod", handed_off).await.unwrap();
     assert_eq!(names::<PodDisruptionBudget>(&client).await, ["prod-eu"]);
     assert!(reasons(&client).await.contains(&"Pruned".to_string()));
     assert_eq!(sts_api.get("prod-us").await.unwrap().spec.unwrap().replicas, Some(1));
@@ -231,4 +257,47 @@ async fn reasons(client: &Client) -> Vec<String> {
         .iter()
         .filter_map(|e| e.reason.clone())
         .collect()
+}
+
+/// Scale-down waits for the hand-off: the leaving pod leaves the membership at
+/// once, but its StatefulSet keeps it until it reports nothing pending.
+#[tokio::test]
+async fn scale_down_waits_until_the_leaving_relay_has_handed_off() {
+    let client = cluster(examples()).await;
+    reconcile(&client, "prod").await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    let nodes = Api::<Node>::namespaced(client.clone(), "aether");
+    nodes
+        .patch("prod-eu", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"replicas": 2}})))
+        .await
+        .unwrap();
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), "aether");
+    let cms = Api::<ConfigMap>::namespaced(client.clone(), "aether");
+    let replicas = || async { sts.get("prod-eu").await.unwrap().spec.unwrap().replicas };
+    let members = || async { cms.get("prod-mesh").await.unwrap().data.unwrap()["members"].clone() };
+
+    // Unreachable, then still holding shards: the pod stays, out of the membership.
+    let relay = Arc::new(Scripted::default());
+    reconcile_with(&client, "prod", relay.clone()).await.unwrap();
+    assert_eq!(replicas().await, Some(3));
+    assert!(!members().await.contains("prod-eu-2=") && members().await.contains("prod-eu-1="));
+    assert_eq!(
+        relay.asked.lock().unwrap().as_slice(),
+        // The example mesh serves clients over TLS: its admin endpoint too.
+        ["https://prod-eu-2.prod-eu-mesh.aether.svc:8080/v1/admin/shards"]
+    );
+    *relay.state.lock().unwrap() = Some(HandoffState { in_membership: false, pending_shards: 7 });
+    reconcile_with(&client, "prod", relay.clone()).await.unwrap();
+    assert_eq!(replicas().await, Some(3));
+    let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
+    let progressing = condition(&mesh, "Progressing");
+    assert_eq!(progressing.reason, "Draining");
+    assert!(progressing.message.contains("prod-eu-2: 7 shards to hand off"), "{}", progressing.message);
+    // prod-us is not touched by prod-eu's drain.
+    assert_eq!(sts.get("prod-us").await.unwrap().spec.unwrap().replicas, Some(2));
+
+    // Handed off: now the StatefulSet shrinks.
+    *relay.state.lock().unwrap() = Some(HandoffState { in_membership: false, pending_shards: 0 });
+    reconcile_with(&client, "prod", relay.clone()).await.unwrap();
+    assert_eq!(replicas().await, Some(2));
 }
