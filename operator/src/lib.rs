@@ -5,6 +5,7 @@
 pub mod build;
 pub mod controller;
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod render;
 pub mod run;

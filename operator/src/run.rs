@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use futures_util::StreamExt;
@@ -37,6 +38,12 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
             tracing::error!(error = %e, "metrics server stopped");
         }
     });
+    // Only the Lease holder reconciles.
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let id = std::env::var("POD_NAME").unwrap_or_else(|_| format!("aether-operator-{:08x}", rand::random::<u32>()));
+    let elector =
+        crate::leader::Elector::new(client.clone(), &namespace, "aether-operator", &id, Duration::from_secs(15));
+    elector.acquire().await;
     let ctx = Arc::new(Context::new(client.clone(), metrics));
     let managed = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     // Children carry the mesh's name as a label; Nodes and quotas name it in their spec.
@@ -45,7 +52,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
         Some(ObjectRef::<Mesh>::new(&mesh).within(meta.namespace.as_deref()?))
     };
     tracing::info!(%listen, "aether-operator running");
-    Controller::new(meshes, watcher::Config::default())
+    let controller = Controller::new(meshes, watcher::Config::default())
         .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
         .watches(Api::<StatefulSet>::all(client.clone()), managed.clone(), move |s| by_label(&s.metadata))
         .watches(Api::<Service>::all(client.clone()), managed, move |s| by_label(&s.metadata))
@@ -62,8 +69,13 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
                 Ok((obj, _)) => tracing::debug!(mesh = %obj.name, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
-        })
-        .await;
-    tracing::info!("stopped");
-    Ok(())
+        });
+    tokio::select! {
+        _ = controller => {
+            elector.step_down().await;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        why = elector.hold() => anyhow::bail!("lost leadership ({why}); exiting so that only the leader reconciles"),
+    }
 }

@@ -301,3 +301,22 @@ async fn scale_down_waits_until_the_leaving_relay_has_handed_off() {
     reconcile_with(&client, "prod", relay.clone()).await.unwrap();
     assert_eq!(replicas().await, Some(2));
 }
+
+/// Two operator replicas: only one holds the Lease; the other takes over
+/// once it steps down.
+#[tokio::test]
+async fn only_one_replica_leads() {
+    use aether_operator::leader::Elector;
+    let client = ClientBuilder::new().build().await.unwrap();
+    let ttl = std::time::Duration::from_secs(3);
+    let a = Elector::new(client.clone(), "aether", "aether-operator", "replica-a", ttl);
+    let b = Elector::new(client.clone(), "aether", "aether-operator", "replica-b", ttl);
+    tokio::time::timeout(std::time::Duration::from_secs(5), a.acquire()).await.expect("a leads");
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(1500), b.acquire()).await;
+    assert!(waiting.is_err(), "b acquired the Lease a holds");
+    a.step_down().await;
+    tokio::time::timeout(std::time::Duration::from_secs(5), b.acquire()).await.expect("b takes over");
+    // a, no longer the holder, is told so as soon as it tries to renew.
+    let why = tokio::time::timeout(std::time::Duration::from_secs(5), a.hold()).await.expect("a notices");
+    assert!(why.contains("another replica"), "{why}");
+}

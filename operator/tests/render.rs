@@ -61,6 +61,7 @@ fn rendered_examples_pass_the_official_schemas() {
         kubernetes_validate(&file);
     }
     kubernetes_validate(&repo().join("crds/aethermesh.io.yaml"));
+    kubernetes_validate(&repo().join("deploy/operator.yaml"));
 }
 
 #[test]

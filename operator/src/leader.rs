@@ -1,0 +1,70 @@
+//! Leader election over a `coordination.k8s.io` Lease (kube-leader-election):
+//! only the holder reconciles, so two operator replicas never both do.
+
+use std::time::{Duration, Instant};
+
+use kube::Client;
+use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+
+/// Campaigns for, holds and releases the operator's Lease.
+pub struct Elector {
+    lock: LeaseLock,
+    ttl: Duration,
+    renew: Duration,
+    id: String,
+}
+
+impl Elector {
+    /// An elector for Lease `name` in `namespace`, as `id` (the pod name).
+    pub fn new(client: Client, namespace: &str, name: &str, id: &str, ttl: Duration) -> Self {
+        let params = LeaseLockParams { lease_name: name.into(), holder_id: id.into(), lease_ttl: ttl };
+        Elector { lock: LeaseLock::new(client, namespace, params), ttl, renew: ttl / 3, id: id.into() }
+    }
+
+    /// Waits until this replica holds the Lease.
+    pub async fn acquire(&self) {
+        let mut logged = false;
+        loop {
+            match self.lock.try_acquire_or_renew().await {
+                Ok(LeaseLockResult::Acquired(_)) => {
+                    tracing::info!(id = %self.id, "leadership acquired");
+                    return;
+                }
+                Ok(LeaseLockResult::NotAcquired(lease)) => {
+                    if !logged {
+                        let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+                        tracing::info!(id = %self.id, %holder, "standing by: another replica leads");
+                        logged = true;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "leader election failed; retrying"),
+            }
+            tokio::time::sleep(self.renew).await;
+        }
+    }
+
+    /// Renews the Lease until it cannot be sure it still holds it, then returns:
+    /// the caller must stop reconciling at once. It returns before the Lease can
+    /// have expired for the others (one renew interval early).
+    pub async fn hold(&self) -> String {
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::time::sleep(self.renew).await;
+            match self.lock.try_acquire_or_renew().await {
+                Ok(LeaseLockResult::Acquired(_)) => last_ok = Instant::now(),
+                Ok(LeaseLockResult::NotAcquired(_)) => return "another replica took the Lease".into(),
+                Err(e) => tracing::warn!(error = %e, "renewing the Lease failed"),
+            }
+            if last_ok.elapsed() + self.renew >= self.ttl {
+                return format!("could not renew the Lease for {:?}", last_ok.elapsed());
+            }
+        }
+    }
+
+    /// Gives the Lease up (a clean shutdown), so another replica takes over at once.
+    pub async fn step_down(&self) {
+        if let Err(e) = self.lock.step_down().await {
+            tracing::warn!(error = %e, "could not release the Lease");
+        }
+    }
+}
