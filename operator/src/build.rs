@@ -522,7 +522,11 @@ pub fn build_statefulset(mesh: &Mesh, node: &Node) -> StatefulSet {
             pod_management_policy: Some("OrderedReady".into()),
             update_strategy: Some(StatefulSetUpdateStrategy {
                 type_: Some("RollingUpdate".into()),
-                rolling_update: Some(RollingUpdateStatefulSetStrategy { partition: Some(0), ..Default::default() }),
+                // Every pod held: the operator releases them one by one while replication is healthy.
+                rolling_update: Some(RollingUpdateStatefulSetStrategy {
+                    partition: Some(node.spec.replicas),
+                    ..Default::default()
+                }),
             }),
             // A scaled-down pod's volume is kept: it still holds shards until handed off.
             persistent_volume_claim_retention_policy: Some(StatefulSetPersistentVolumeClaimRetentionPolicy {

@@ -68,50 +68,117 @@ pub struct Context {
     pub handoff: Arc<dyn Handoff>,
 }
 
-/// A relay's hand-off state, from its `/v1/admin/shards`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A relay's hand-off and replication state, from its `/v1/admin/shards`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HandoffState {
     /// The relay still sees itself in the membership (it has not re-read it yet).
     pub in_membership: bool,
     /// Shards it holds that some owner still lacks (0: safe to stop it).
     pub pending_shards: u64,
+    /// Peers its replication stream is not connected to.
+    pub disconnected_peers: u64,
+    /// The largest replication lag to any peer, in milliseconds.
+    pub max_lag_ms: u64,
 }
 
-/// Reads a relay's hand-off state (HTTP in a cluster; scripted in tests).
+impl HandoffState {
+    /// Replication is healthy enough to restart another relay: every peer
+    /// connected, nothing older than [`ROLL_MAX_LAG`] waiting.
+    pub fn replication_healthy(&self) -> bool {
+        self.disconnected_peers == 0 && self.max_lag_ms <= ROLL_MAX_LAG.as_millis() as u64
+    }
+}
+
+/// A rolling restart moves to the next pod only while every relay's replication lag is below this.
+pub const ROLL_MAX_LAG: Duration = Duration::from_secs(5);
+
+/// The state future a [`Handoff`] returns.
+pub type StateFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<HandoffState, String>> + Send + 'a>>;
+
+/// Reads a relay's hand-off state (HTTP(S) in a cluster; scripted in tests).
 pub trait Handoff: Send + Sync {
-    /// The state at `url` (`…/v1/admin/shards`).
-    fn state(&self, url: String) -> std::pin::Pin<Box<dyn Future<Output = Result<HandoffState, String>> + Send + '_>>;
+    /// The state at `url` (`…/v1/admin/shards`); `https://` URLs are verified
+    /// against `ca_pem` (the mesh TLS Secret's `ca.crt`).
+    fn state(&self, url: String, ca_pem: Option<Arc<Vec<u8>>>) -> StateFuture<'_>;
 }
 
-/// [`Handoff`] over plain HTTP/1.1 (in-cluster pod DNS).
+/// [`Handoff`] over HTTP/1.1, or HTTPS verified against the mesh's CA (in-cluster pod DNS).
 pub struct HttpHandoff;
 
+/// Reads `GET path` from `host` over `io` (plain or TLS).
+async fn http_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut io: S,
+    host: &str,
+    path: &str,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    io.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    // A TLS peer may close without close_notify once the body is sent: keep what arrived.
+    match (&mut io).take(1 << 20).read_to_end(&mut out).await {
+        Ok(_) => Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => Ok(out),
+        Err(e) => Err(e),
+    }
+}
+
+fn tls_connector(ca_pem: &[u8]) -> Result<tokio_rustls::TlsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem) {
+        roots.add(cert.map_err(|e| format!("ca.crt: {e}"))?).map_err(|e| format!("ca.crt: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("ca.crt holds no certificate".into());
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
 impl Handoff for HttpHandoff {
-    fn state(&self, url: String) -> std::pin::Pin<Box<dyn Future<Output = Result<HandoffState, String>> + Send + '_>> {
+    fn state(&self, url: String, ca_pem: Option<Arc<Vec<u8>>>) -> StateFuture<'_> {
         Box::pin(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            // TLS meshes serve the admin endpoint over TLS with the mesh's CA, which this
-            // probe does not load yet: their scale-down waits, and the status says why.
-            let rest = url.strip_prefix("http://").ok_or("reading hand-off over https is not supported yet")?;
+            let (tls, rest) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+                (Some(r), _) => (false, r),
+                (_, Some(r)) => (true, r),
+                _ => return Err(format!("{url}: not an http(s) URL")),
+            };
             let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
             let io = async {
-                let mut s = tokio::net::TcpStream::connect(host).await?;
-                let req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-                s.write_all(req.as_bytes()).await?;
-                let mut out = Vec::new();
-                s.take(1 << 20).read_to_end(&mut out).await?;
-                Ok::<_, std::io::Error>(out)
+                let tcp = tokio::net::TcpStream::connect(host).await.map_err(|e| e.to_string())?;
+                if !tls {
+                    return http_get(tcp, host, &path).await.map_err(|e| e.to_string());
+                }
+                let ca = ca_pem.ok_or("the mesh's TLS Secret has no ca.crt to verify relays with")?;
+                let connector = tls_connector(&ca)?;
+                let name = host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned();
+                let server = rustls::pki_types::ServerName::try_from(name).map_err(|e| e.to_string())?;
+                let stream = connector.connect(server, tcp).await.map_err(|e| format!("TLS: {e}"))?;
+                http_get(stream, host, &path).await.map_err(|e| e.to_string())
             };
             let out = tokio::time::timeout(Duration::from_secs(5), io)
                 .await
                 .map_err(|_| format!("{url}: timed out"))?
-                .map_err(|e| format!("{url}: {e}"))?;
+                .map_err(|e: String| format!("{url}: {e}"))?;
             let text = String::from_utf8_lossy(&out);
             let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or(format!("{url}: no HTTP body"))?;
             let v: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("{url}: {e}"))?;
+            let peers = v["peers"].as_array().cloned().unwrap_or_default();
             Ok(HandoffState {
                 in_membership: v["in_membership"].as_bool().unwrap_or(true),
                 pending_shards: v["handoff"]["pending_shards"].as_u64().unwrap_or(0),
+                disconnected_peers: peers.iter().filter(|p| !p["connected"].as_bool().unwrap_or(false)).count() as u64,
+                max_lag_ms: peers
+                    .iter()
+                    .map(|p| (p["lag_seconds"].as_f64().unwrap_or(0.0) * 1000.0) as u64)
+                    .max()
+                    .unwrap_or(0),
             })
         })
     }
@@ -352,6 +419,7 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
     // 3. Scale-down is drained: pods that will go leave the membership first, and their
     //    StatefulSet keeps them until each has handed its shards off.
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let ca = mesh_ca(ctx, mesh, &ns).await;
     let mut draining = BTreeMap::new();
     let mut held_replicas = BTreeMap::new();
     let mut waiting = Vec::new();
@@ -369,8 +437,8 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         let before = waiting.len();
         for ordinal in n.spec.replicas..current {
             let url = build::admin_shards_url(mesh, &n.name_any(), ordinal);
-            match ctx.handoff.state(url).await {
-                Ok(HandoffState { in_membership: false, pending_shards: 0 }) => {}
+            match ctx.handoff.state(url, ca.clone()).await {
+                Ok(HandoffState { in_membership: false, pending_shards: 0, .. }) => {}
                 Ok(s) => waiting.push(format!(
                     "{}-{ordinal}: {} shards to hand off{}",
                     n.name_any(),
@@ -392,6 +460,29 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
             (sts.metadata.name.as_ref().and_then(|n| held_replicas.get(n)), sts.spec.as_mut())
         {
             spec.replicas = Some(*keep);
+        }
+    }
+    // Rolling restarts are gated: the StatefulSet's partition holds every pod, and the
+    // operator releases one more only while every relay is ready and replicating.
+    let mut rolling = Vec::new();
+    for sts in &mut children.statefulsets {
+        let name = sts.metadata.name.clone().unwrap_or_default();
+        let existing = sts_api.get_opt(&name).await.map_err(kube_err("reading a StatefulSet"))?;
+        let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let partition = match existing {
+            None => replicas,
+            Some(current) => {
+                let (held, why) = roll_partition(ctx, mesh, &name, &current, replicas, ca.clone()).await;
+                if let Some(why) = why {
+                    rolling.push(format!("{name}: {why}"));
+                }
+                held
+            }
+        };
+        if let Some(ru) =
+            sts.spec.as_mut().and_then(|s| s.update_strategy.as_mut()).and_then(|u| u.rolling_update.as_mut())
+        {
+            ru.partition = Some(partition);
         }
     }
     let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -458,7 +549,11 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
             format!("{ready}/{wanted} relays ready"),
             generation,
         ),
-        if waiting.is_empty() {
+        if !waiting.is_empty() {
+            condition("Progressing", true, "Draining", waiting.join("; "), generation)
+        } else if !rolling.is_empty() {
+            condition("Progressing", true, "RollingUpdate", rolling.join("; "), generation)
+        } else {
             condition(
                 "Progressing",
                 !all_ready,
@@ -466,8 +561,6 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
                 format!("{} StatefulSets applied", children.statefulsets.len()),
                 generation,
             )
-        } else {
-            condition("Progressing", true, "Draining", waiting.join("; "), generation)
         },
         condition(
             "Degraded",
@@ -497,7 +590,7 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         event(ctx, mesh, EventType::Normal, "Draining", waiting.join("; ")).await;
     }
     ctx.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&format!("{ns}/{name}"));
-    let again = if !waiting.is_empty() {
+    let again = if !waiting.is_empty() || !rolling.is_empty() {
         Duration::from_secs(5)
     } else if all_ready {
         RESYNC
@@ -505,6 +598,68 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         Duration::from_secs(15)
     };
     Ok(Action::requeue(again))
+}
+
+/// The CA relays' certificates are checked against (`ca.crt` of the mesh TLS Secret), if any.
+async fn mesh_ca(ctx: &Context, mesh: &Mesh, ns: &str) -> Option<Arc<Vec<u8>>> {
+    let secret = &mesh.spec.tls.as_ref()?.secret_name;
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), ns);
+    match api.get_opt(secret).await {
+        Ok(Some(s)) => s.data.and_then(|d| d.get("ca.crt").map(|b| Arc::new(b.0.clone()))),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(%secret, error = %e, "cannot read the mesh TLS Secret");
+            None
+        }
+    }
+}
+
+/// The partition for a StatefulSet that exists: everything held when no
+/// update is rolling; during one, one pod more per call while every pod is
+/// ready and every relay replicates. Returns the partition and, while rolling,
+/// what the roll is at.
+async fn roll_partition(
+    ctx: &Context,
+    mesh: &Mesh,
+    name: &str,
+    current: &StatefulSet,
+    replicas: i32,
+    ca: Option<Arc<Vec<u8>>>,
+) -> (i32, Option<String>) {
+    let status = current.status.clone().unwrap_or_default();
+    let partition = current
+        .spec
+        .as_ref()
+        .and_then(|s| s.update_strategy.as_ref()?.rolling_update.as_ref()?.partition)
+        .unwrap_or(0)
+        .min(replicas);
+    let in_progress = status.update_revision.is_some() && status.update_revision != status.current_revision
+        || status.updated_replicas.unwrap_or(0) < status.replicas;
+    if !in_progress {
+        return (replicas, None);
+    }
+    if status.ready_replicas.unwrap_or(0) < status.replicas {
+        return (partition, Some(format!("rolling, partition {partition}: waiting for every relay to be ready")));
+    }
+    let mut unhealthy = Vec::new();
+    for ordinal in 0..status.replicas {
+        match ctx.handoff.state(build::admin_shards_url(mesh, name, ordinal), ca.clone()).await {
+            Ok(s) if s.replication_healthy() => {}
+            Ok(s) => unhealthy.push(format!(
+                "{name}-{ordinal} ({} peers disconnected, lag {} ms)",
+                s.disconnected_peers, s.max_lag_ms
+            )),
+            Err(e) => unhealthy.push(format!("{name}-{ordinal} ({e})")),
+        }
+    }
+    if !unhealthy.is_empty() {
+        return (
+            partition,
+            Some(format!("rolling, partition {partition}: replication not healthy: {}", unhealthy.join(", "))),
+        );
+    }
+    let next = (partition - 1).max(0);
+    (next, Some(format!("rolling, partition {next} of {replicas}")))
 }
 
 async fn set_node_status(api: &Api<Node>, node: &Node, ready: i32) -> Result<(), Error> {

@@ -70,11 +70,13 @@ async fn reconcile_with(
 struct Scripted {
     state: std::sync::Mutex<Option<HandoffState>>,
     asked: std::sync::Mutex<Vec<String>>,
+    cas: std::sync::Mutex<Vec<Option<Vec<u8>>>>,
 }
 
 impl Handoff for Scripted {
-    fn state(&self, url: String) -> std::pin::Pin<Box<dyn Future<Output = Result<HandoffState, String>> + Send + '_>> {
+    fn state(&self, url: String, ca: Option<Arc<Vec<u8>>>) -> controller::StateFuture<'_> {
         self.asked.lock().unwrap().push(url);
+        self.cas.lock().unwrap().push(ca.map(|c| c.to_vec()));
         let s = *self.state.lock().unwrap();
         Box::pin(async move { s.ok_or_else(|| "connection refused".to_string()) })
     }
@@ -136,7 +138,8 @@ async fn a_mesh_becomes_its_children_status_follows_readiness_and_orphans_go() {
 
     // The relays come up.
     for (name, ready) in [("prod-eu", 3), ("prod-us", 2)] {
-        let patch = serde_json::json!({ "status": { "replicas": ready, "readyReplicas": ready } });
+        let patch = serde_json::json!({ "status": { "replicas": ready, "readyReplicas": ready, "updatedReplicas": ready,
+            "currentRevision": "r1", "updateRevision": "r1" } });
         sts_api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     }
     reconcile(&client, "prod").await.unwrap();
@@ -164,7 +167,8 @@ async fn a_mesh_becomes_its_children_status_follows_readiness_and_orphans_go() {
         .await
         .unwrap();
     let handed_off = Arc::new(Scripted::default());
-    *handed_off.state.lock().unwrap() = Some(HandoffState { in_membership: false, pending_shards: 0 });
+    *handed_off.state.lock().unwrap() =
+        Some(HandoffState { in_membership: false, pending_shards: 0, ..Default::default() });
     reconcile_with(&client, "prod", handed_off).await.unwrap();
     assert_eq!(names::<PodDisruptionBudget>(&client).await, ["prod-eu"]);
     assert!(reasons(&client).await.contains(&"Pruned".to_string()));
@@ -264,6 +268,16 @@ async fn reasons(client: &Client) -> Vec<String> {
 #[tokio::test]
 async fn scale_down_waits_until_the_leaving_relay_has_handed_off() {
     let client = cluster(examples()).await;
+    // The mesh's TLS Secret: relays are verified against its ca.crt.
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "relay-tls", "namespace": "aether"},
+        "data": {"ca.crt": "Q0EgUEVN"}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), "aether")
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
     reconcile(&client, "prod").await.unwrap();
     reconcile(&client, "prod").await.unwrap();
     let nodes = Api::<Node>::namespaced(client.clone(), "aether");
@@ -286,7 +300,8 @@ async fn scale_down_waits_until_the_leaving_relay_has_handed_off() {
         // The example mesh serves clients over TLS: its admin endpoint too.
         ["https://prod-eu-2.prod-eu-mesh.aether.svc:8080/v1/admin/shards"]
     );
-    *relay.state.lock().unwrap() = Some(HandoffState { in_membership: false, pending_shards: 7 });
+    assert_eq!(relay.cas.lock().unwrap()[0].as_deref(), Some(&b"CA PEM"[..]));
+    *relay.state.lock().unwrap() = Some(HandoffState { in_membership: false, pending_shards: 7, ..Default::default() });
     reconcile_with(&client, "prod", relay.clone()).await.unwrap();
     assert_eq!(replicas().await, Some(3));
     let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
@@ -297,7 +312,7 @@ async fn scale_down_waits_until_the_leaving_relay_has_handed_off() {
     assert_eq!(sts.get("prod-us").await.unwrap().spec.unwrap().replicas, Some(2));
 
     // Handed off: now the StatefulSet shrinks.
-    *relay.state.lock().unwrap() = Some(HandoffState { in_membership: false, pending_shards: 0 });
+    *relay.state.lock().unwrap() = Some(HandoffState { in_membership: false, pending_shards: 0, ..Default::default() });
     reconcile_with(&client, "prod", relay.clone()).await.unwrap();
     assert_eq!(replicas().await, Some(2));
 }
@@ -319,4 +334,49 @@ async fn only_one_replica_leads() {
     // a, no longer the holder, is told so as soon as it tries to renew.
     let why = tokio::time::timeout(std::time::Duration::from_secs(5), a.hold()).await.expect("a notices");
     assert!(why.contains("another replica"), "{why}");
+}
+
+/// A rolling restart moves one pod at a time, only while every relay is
+/// ready and replicating; between rolls every pod is held.
+#[tokio::test]
+async fn rolling_restarts_wait_for_healthy_replication() {
+    let client = cluster(examples()).await;
+    reconcile(&client, "prod").await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), "aether");
+    let partition = || async {
+        sts.get("prod-eu").await.unwrap().spec.unwrap().update_strategy.unwrap().rolling_update.unwrap().partition
+    };
+    assert_eq!(partition().await, Some(3), "between rolls every pod is held");
+    // A new revision is rolling; the relays' replication is not healthy.
+    let status = |updated: i32, current: &str| {
+        serde_json::json!({"status": {"replicas": 3, "readyReplicas": 3, "updatedReplicas": updated,
+            "currentRevision": current, "updateRevision": "r2"}})
+    };
+    sts.patch_status("prod-eu", &PatchParams::default(), &Patch::Merge(&status(0, "r1"))).await.unwrap();
+    let relays = Arc::new(Scripted::default());
+    *relays.state.lock().unwrap() =
+        Some(HandoffState { in_membership: true, disconnected_peers: 1, ..Default::default() });
+    reconcile_with(&client, "prod", relays.clone()).await.unwrap();
+    assert_eq!(partition().await, Some(3));
+    let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
+    let progressing = condition(&mesh, "Progressing");
+    assert_eq!(progressing.reason, "RollingUpdate");
+    assert!(progressing.message.contains("replication not healthy"), "{}", progressing.message);
+    // Healthy: one pod more per reconcile.
+    *relays.state.lock().unwrap() = Some(HandoffState { in_membership: true, ..Default::default() });
+    reconcile_with(&client, "prod", relays.clone()).await.unwrap();
+    assert_eq!(partition().await, Some(2));
+    sts.patch_status("prod-eu", &PatchParams::default(), &Patch::Merge(&status(1, "r1"))).await.unwrap();
+    reconcile_with(&client, "prod", relays.clone()).await.unwrap();
+    assert_eq!(partition().await, Some(1));
+    // A relay lags behind: the roll waits.
+    *relays.state.lock().unwrap() =
+        Some(HandoffState { in_membership: true, max_lag_ms: 30_000, ..Default::default() });
+    reconcile_with(&client, "prod", relays.clone()).await.unwrap();
+    assert_eq!(partition().await, Some(1));
+    // Done: every pod at the new revision, and everything is held again.
+    sts.patch_status("prod-eu", &PatchParams::default(), &Patch::Merge(&status(3, "r2"))).await.unwrap();
+    reconcile_with(&client, "prod", relays).await.unwrap();
+    assert_eq!(partition().await, Some(3));
 }
