@@ -641,6 +641,10 @@ async fn roll_partition(
     if status.ready_replicas.unwrap_or(0) < status.replicas {
         return (partition, Some(format!("rolling, partition {partition}: waiting for every relay to be ready")));
     }
+    // The pods released so far must have been replaced before the next one goes.
+    if status.updated_replicas.unwrap_or(0) < replicas - partition {
+        return (partition, Some(format!("rolling, partition {partition}: waiting for the released relay to restart")));
+    }
     let mut unhealthy = Vec::new();
     for ordinal in 0..status.replicas {
         match ctx.handoff.state(build::admin_shards_url(mesh, name, ordinal), ca.clone()).await {

@@ -367,6 +367,9 @@ async fn rolling_restarts_wait_for_healthy_replication() {
     *relays.state.lock().unwrap() = Some(HandoffState { in_membership: true, ..Default::default() });
     reconcile_with(&client, "prod", relays.clone()).await.unwrap();
     assert_eq!(partition().await, Some(2));
+    // The released pod has not been replaced yet: nothing more goes.
+    reconcile_with(&client, "prod", relays.clone()).await.unwrap();
+    assert_eq!(partition().await, Some(2), "a second pod was released before the first restarted");
     sts.patch_status("prod-eu", &PatchParams::default(), &Patch::Merge(&status(1, "r1"))).await.unwrap();
     reconcile_with(&client, "prod", relays.clone()).await.unwrap();
     assert_eq!(partition().await, Some(1));
