@@ -207,6 +207,7 @@ impl Context {
 /// `Update` does) rather than kube's JSON-patch helper, whose `test` on an
 /// absent `/metadata/finalizers` the in-memory API server used in tests does
 /// not accept.
+#[tracing::instrument(name = "reconcile", skip_all, fields(mesh = %mesh.name_any(), namespace = mesh.namespace().unwrap_or_default()))]
 pub async fn reconcile(mesh: Arc<Mesh>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_inner(&mesh, &ctx).await;

@@ -21,6 +21,9 @@ enum Command {
         /// `/metrics` and `/healthz`.
         #[arg(long, env = "AETHER_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
         listen: std::net::SocketAddr,
+        /// Log format on stderr. Traces go over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+        #[arg(long, env = "AETHER_LOG_FORMAT", value_enum, default_value_t = aether_relay::config::LogFormat::Json)]
+        log_format: aether_relay::config::LogFormat,
     },
     /// Print, without a cluster, every object the operator would apply for the given resources.
     Render {
@@ -35,18 +38,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crdgen => aether_operator::crds_yaml().map(|y| print!("{y}")).map_err(anyhow::Error::from),
         Command::Render { files } => aether_operator::render::run(&files),
-        Command::Run { listen } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(aether_operator::run::run(listen)))
+        Command::Run { listen, log_format } => {
+            tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(anyhow::Error::from).and_then(
+                |rt| {
+                    rt.block_on(async {
+                        // Logs (AETHER_LOG filters them) and, with an OTLP endpoint, traces of every reconcile.
+                        let _telemetry =
+                            aether_relay::telemetry::init_for(log_format, "aether-operator", "aether_operator")?;
+                        aether_operator::run::run(listen).await
+                    })
+                },
+            )
         }
     };
     match result {

@@ -50,6 +50,12 @@ impl Drop for Telemetry {
 /// OTLP exporter is a tonic client). `service` names the process in traces
 /// unless `OTEL_SERVICE_NAME` is set.
 pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
+    init_for(format, service, "aether_relay")
+}
+
+/// [`init`] for another binary of the project: spans of module `target`
+/// (its crate name, e.g. `aether_operator`) are exported.
+pub fn init_for(format: LogFormat, service: &str, target: &str) -> anyhow::Result<Telemetry> {
     let filter = EnvFilter::try_from_env("AETHER_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt_layer = fmt::layer().with_writer(std::io::stderr);
     let fmt_layer = match format {
@@ -76,10 +82,10 @@ pub fn init(format: LogFormat, service: &str) -> anyhow::Result<Telemetry> {
         .with_span_processor(processor)
         .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
         .build();
-    let tracer = provider.tracer("aether-relay");
+    let tracer = provider.tracer(target.replace('_', "-"));
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
-        .with_filter(Targets::new().with_target("aether_relay", tracing::Level::INFO));
+        .with_filter(Targets::new().with_target(target.to_owned(), tracing::Level::INFO));
     registry.with(otel).try_init()?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     ENABLED.store(true, Ordering::Relaxed);
