@@ -741,3 +741,27 @@ pub async fn cleanup(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
     .await;
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_five_minutes_with_jitter() {
+        for (failures, base) in [(1u32, 1.0f64), (2, 2.0), (5, 16.0), (9, 256.0), (10, 300.0), (40, 300.0)] {
+            let d = backoff(failures).as_secs_f64();
+            assert!(d >= base * 0.8 - 1e-9 && d <= base * 1.2 + 1e-9, "failure {failures}: {d}s, base {base}s");
+        }
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_their_status_holds() {
+        let old = vec![condition("Ready", true, "RelaysReady", "3/3".into(), Some(1))];
+        let t0 = old[0].last_transition_time.clone();
+        std::thread::sleep(Duration::from_millis(5));
+        let same = merge_conditions(&old, vec![condition("Ready", true, "RelaysReady", "3/3".into(), Some(2))]);
+        assert_eq!(same[0].last_transition_time, t0);
+        let flipped = merge_conditions(&old, vec![condition("Ready", false, "RelaysStarting", "2/3".into(), Some(2))]);
+        assert_ne!(flipped[0].last_transition_time, t0);
+    }
+}

@@ -383,3 +383,43 @@ async fn rolling_restarts_wait_for_healthy_replication() {
     reconcile_with(&client, "prod", relays).await.unwrap();
     assert_eq!(partition().await, Some(3));
 }
+
+/// The API server fails an apply: the reconcile errs, naming the object, the
+/// error policy backs off, and the next reconcile after recovery converges.
+#[tokio::test]
+async fn a_failed_apply_errs_backs_off_and_recovers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let failing = Arc::new(AtomicBool::new(true));
+    let f = failing.clone();
+    let mut b = ClientBuilder::new()
+        .with_resource::<Mesh>()
+        .with_resource::<Node>()
+        .with_resource::<ClientQuota>()
+        .with_status_subresource::<Mesh>()
+        .with_status_subresource::<Node>()
+        .with_status_subresource::<ClientQuota>()
+        .with_interceptor_funcs(kube_fake_client::interceptor::Funcs::new().patch(move |ctx| {
+            if f.load(Ordering::SeqCst) && ctx.name == "prod-us" && ctx.patch["kind"] == "StatefulSet" {
+                return Err(kube_fake_client::Error::Internal("injected: etcd is unavailable".into()));
+            }
+            Ok(None)
+        }));
+    let inputs = examples();
+    for m in inputs.meshes {
+        b = b.with_object(m);
+    }
+    for n in inputs.nodes {
+        b = b.with_object(n);
+    }
+    let client = b.build().await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    let err = reconcile(&client, "prod").await.unwrap_err();
+    assert!(err.to_string().contains("applying StatefulSet prod-us"), "{err}");
+    let mesh = Arc::new(Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap());
+    let ctx = Arc::new(Context::new(client.clone(), Metrics::new()));
+    let action = format!("{:?}", controller::error_policy(mesh, &err, ctx));
+    assert!(action.contains("requeue"), "{action}");
+    failing.store(false, Ordering::SeqCst);
+    reconcile(&client, "prod").await.unwrap();
+    assert_eq!(names::<StatefulSet>(&client).await, ["prod-eu", "prod-us"]);
+}
