@@ -172,7 +172,8 @@ impl Handoff for HttpHandoff {
             let peers = v["peers"].as_array().cloned().unwrap_or_default();
             Ok(HandoffState {
                 in_membership: v["in_membership"].as_bool().unwrap_or(true),
-                pending_shards: v["handoff"]["pending_shards"].as_u64().unwrap_or(0),
+                // No hand-off state yet (no full pass over the current membership): not done.
+                pending_shards: v["handoff"]["pending_shards"].as_u64().unwrap_or(u64::MAX),
                 disconnected_peers: peers.iter().filter(|p| !p["connected"].as_bool().unwrap_or(false)).count() as u64,
                 max_lag_ms: peers
                     .iter()
@@ -251,9 +252,47 @@ async fn set_finalizers(api: &Api<Mesh>, mesh: &Mesh, finalizers: &[&String]) ->
     Ok(())
 }
 
+/// [`reconcile`] for the untyped watch `run` uses: a Mesh whose stored form no
+/// longer parses (as after a schema change) is reported in its status and
+/// with an Event, instead of failing the watch of every mesh.
+pub async fn reconcile_dynamic(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let parsed = serde_json::to_value(obj.as_ref()).and_then(serde_json::from_value::<Mesh>);
+    match parsed {
+        Ok(mesh) => reconcile(Arc::new(mesh), ctx).await,
+        Err(e) => {
+            let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+            let msg = format!("the Mesh does not parse: {e}");
+            tracing::warn!(mesh = %name, namespace = %ns, error = %e, "malformed Mesh");
+            // Untyped: the answer is the same malformed object.
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(ctx.client.clone(), &ns, &ApiResource::erase::<Mesh>(&()));
+            let status = MeshStatus {
+                observed_generation: obj.metadata.generation,
+                conditions: vec![
+                    condition("Ready", false, "Malformed", msg.clone(), obj.metadata.generation),
+                    condition("Degraded", true, "Malformed", msg, obj.metadata.generation),
+                ],
+                clouds: vec![],
+            };
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "status": status })))
+                .await
+                .map_err(kube_err(format!("writing the status of mesh {name}")))?;
+            Ok(Action::requeue(RESYNC))
+        }
+    }
+}
+
+/// [`error_policy`] for the untyped watch.
+pub fn error_policy_dynamic(obj: Arc<DynamicObject>, error: &Error, ctx: Arc<Context>) -> Action {
+    retry(format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()), error, &ctx)
+}
+
 /// Retries a failed mesh with exponential backoff (1 s doubling to 5 min, with jitter).
 pub fn error_policy(mesh: Arc<Mesh>, error: &Error, ctx: Arc<Context>) -> Action {
-    let key = format!("{}/{}", mesh.namespace().unwrap_or_default(), mesh.name_any());
+    retry(format!("{}/{}", mesh.namespace().unwrap_or_default(), mesh.name_any()), error, &ctx)
+}
+
+fn retry(key: String, error: &Error, ctx: &Context) -> Action {
     let n = {
         let mut f = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
         let n = f.entry(key.clone()).or_insert(0);
@@ -389,11 +428,11 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
     // 2. Inputs: the mesh's Nodes and quotas; invalid ones are left out and reported.
     let node_api: Api<Node> = Api::namespaced(client.clone(), &ns);
     let quota_api: Api<ClientQuota> = Api::namespaced(client.clone(), &ns);
-    let all_nodes = node_api.list(&ListParams::default()).await.map_err(kube_err("listing Nodes"))?;
-    let all_quotas = quota_api.list(&ListParams::default()).await.map_err(kube_err("listing ClientQuotas"))?;
-    let mut invalid = Vec::new();
+    // Read leniently: one object that does not parse is reported, not fatal to the others.
+    let (all_nodes, mut invalid) = list_lenient::<Node>(&client, &ns, "Node").await?;
+    let (all_quotas, bad_quotas) = list_lenient::<ClientQuota>(&client, &ns, "ClientQuota").await?;
+    invalid.extend(bad_quotas);
     let nodes: Vec<&Node> = all_nodes
-        .items
         .iter()
         .filter(|n| n.spec.mesh == name)
         .filter(|n| {
@@ -405,7 +444,6 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         })
         .collect();
     let quotas: Vec<&ClientQuota> = all_quotas
-        .items
         .iter()
         .filter(|q| q.spec.mesh == name)
         .filter(|q| {
@@ -574,7 +612,7 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
     if !invalid.is_empty() {
         event(ctx, mesh, EventType::Warning, "InvalidChildren", invalid.join("; ")).await;
     }
-    for q in all_quotas.items.iter().filter(|q| q.spec.mesh == name) {
+    for q in all_quotas.iter().filter(|q| q.spec.mesh == name) {
         set_quota_status(&quota_api, q, &build::config_map_name(&name)).await?;
     }
     let changed = mesh.status.as_ref().and_then(|s| s.observed_generation) != generation;
@@ -665,6 +703,27 @@ async fn roll_partition(
     }
     let next = (partition - 1).max(0);
     (next, Some(format!("rolling, partition {next} of {replicas}")))
+}
+
+/// Lists `K` in `ns` as untyped objects and parses each on its own: the ones
+/// that parse, and a message naming each one that does not (an object stored
+/// before a schema change, say). A typed list would fail as a whole.
+async fn list_lenient<K>(client: &Client, ns: &str, kind: &str) -> Result<(Vec<K>, Vec<String>), Error>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let ar = ApiResource::erase::<K>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
+    let list = api.list(&ListParams::default()).await.map_err(kube_err(format!("listing {kind}s")))?;
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for obj in list {
+        let name = obj.name_any();
+        match serde_json::to_value(&obj).and_then(serde_json::from_value::<K>) {
+            Ok(k) => good.push(k),
+            Err(e) => bad.push(format!("{kind} {name} does not parse: {e}")),
+        }
+    }
+    Ok((good, bad))
 }
 
 async fn set_node_status(api: &Api<Node>, node: &Node, ready: i32) -> Result<(), Error> {

@@ -9,6 +9,8 @@ use anyhow::Context as _;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::core::DynamicObject;
+use kube::discovery::ApiResource;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -22,7 +24,10 @@ use crate::metrics::Metrics;
 pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default().await.context("connecting to the Kubernetes API")?;
-    let meshes: Api<Mesh> = Api::all(client.clone());
+    // Watched untyped: a stored object that does not parse is reported on its own
+    // (reconcile_dynamic, and the mappers below) instead of failing the whole watch.
+    let mesh_ar = ApiResource::erase::<Mesh>(&());
+    let meshes: Api<DynamicObject> = Api::all_with(client.clone(), &mesh_ar);
     meshes
         .list(&kube::api::ListParams::default().limit(1))
         .await
@@ -47,23 +52,46 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let ctx = Arc::new(Context::new(client.clone(), metrics));
     let managed = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     // Children carry the mesh's name as a label; Nodes and quotas name it in their spec.
-    let by_label = |meta: &kube::api::ObjectMeta| {
-        let mesh = meta.labels.as_ref()?.get(LABEL_MESH)?.clone();
-        Some(ObjectRef::<Mesh>::new(&mesh).within(meta.namespace.as_deref()?))
+    let ar = mesh_ar.clone();
+    let mesh_ref = move |name: &str, ns: &str| Some(ObjectRef::<DynamicObject>::new_with(name, ar.clone()).within(ns));
+    let by_label = {
+        let mesh_ref = mesh_ref.clone();
+        move |meta: &kube::api::ObjectMeta| {
+            let mesh = meta.labels.as_ref()?.get(LABEL_MESH)?.clone();
+            mesh_ref(&mesh, meta.namespace.as_deref()?)
+        }
     };
+    // Nodes and quotas name their mesh in `spec.mesh`; read it without parsing the rest.
+    let by_spec = {
+        let mesh_ref = mesh_ref.clone();
+        move |o: DynamicObject| {
+            let mesh = o.data.get("spec")?.get("mesh")?.as_str()?.to_owned();
+            mesh_ref(&mesh, &o.namespace()?)
+        }
+    };
+    let node_ar = ApiResource::erase::<Node>(&());
+    let quota_ar = ApiResource::erase::<ClientQuota>(&());
     tracing::info!(%listen, "aether-operator running");
-    let controller = Controller::new(meshes, watcher::Config::default())
-        .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
-        .watches(Api::<StatefulSet>::all(client.clone()), managed.clone(), move |s| by_label(&s.metadata))
+    let by_label_cm = by_label.clone();
+    let by_label_sts = by_label.clone();
+    let controller = Controller::new_with(meshes, watcher::Config::default(), mesh_ar.clone())
+        .watches(Api::<ConfigMap>::all(client.clone()), managed.clone(), move |c| by_label_cm(&c.metadata))
+        .watches(Api::<StatefulSet>::all(client.clone()), managed.clone(), move |s| by_label_sts(&s.metadata))
         .watches(Api::<Service>::all(client.clone()), managed, move |s| by_label(&s.metadata))
-        .watches(Api::<Node>::all(client.clone()), watcher::Config::default(), |n| {
-            Some(ObjectRef::<Mesh>::new(&n.spec.mesh).within(&n.namespace()?))
-        })
-        .watches(Api::<ClientQuota>::all(client.clone()), watcher::Config::default(), |q| {
-            Some(ObjectRef::<Mesh>::new(&q.spec.mesh).within(&q.namespace()?))
-        })
+        .watches_with(
+            Api::<DynamicObject>::all_with(client.clone(), &node_ar),
+            node_ar,
+            watcher::Config::default(),
+            by_spec.clone(),
+        )
+        .watches_with(
+            Api::<DynamicObject>::all_with(client.clone(), &quota_ar),
+            quota_ar,
+            watcher::Config::default(),
+            by_spec,
+        )
         .shutdown_on_signal()
-        .run(controller::reconcile, controller::error_policy, ctx)
+        .run(controller::reconcile_dynamic, controller::error_policy_dynamic, ctx)
         .for_each(|r| async move {
             match r {
                 Ok((obj, _)) => tracing::debug!(mesh = %obj.name, "reconciled"),

@@ -22,7 +22,7 @@ async fn a_relay_out_of_the_membership_with_nothing_held_is_safe_to_stop() {
     );
     let url = format!("http://{}/v1/admin/shards", r1.addr);
     let state = HttpHandoff.state(url.clone(), None).await.unwrap();
-    assert_eq!(state, HandoffState { in_membership: true, ..Default::default() });
+    assert!(state.in_membership, "{state:?}");
     assert!(state.replication_healthy());
     // The operator drops it from the membership file: it leaves, holding nothing.
     std::fs::write(&members, "# drained\n").unwrap();

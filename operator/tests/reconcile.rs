@@ -423,3 +423,70 @@ async fn a_failed_apply_errs_backs_off_and_recovers() {
     reconcile(&client, "prod").await.unwrap();
     assert_eq!(names::<StatefulSet>(&client).await, ["prod-eu", "prod-us"]);
 }
+
+/// A Node stored with a spec that does not parse (as after a schema change)
+/// is reported; the rest of the mesh is still built.
+#[tokio::test]
+async fn a_malformed_node_is_reported_and_the_rest_is_built() {
+    let mut inputs = examples();
+    inputs.nodes.truncate(1);
+    let mut b = ClientBuilder::new()
+        .with_resource::<Mesh>()
+        .with_resource::<Node>()
+        .with_resource::<ClientQuota>()
+        .with_status_subresource::<Mesh>()
+        .with_status_subresource::<Node>()
+        .with_runtime_objects(vec![serde_json::json!({
+            "apiVersion": "aethermesh.io/v1alpha1", "kind": "Node",
+            "metadata": {"name": "broken", "namespace": "aether"},
+            "spec": {"mesh": "prod", "cloud": "us-east", "replicas": "three"}
+        })]);
+    for m in inputs.meshes {
+        b = b.with_object(m);
+    }
+    for n in inputs.nodes {
+        b = b.with_object(n);
+    }
+    let client = b.build().await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    assert_eq!(names::<StatefulSet>(&client).await, ["prod-eu"]);
+    let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
+    let degraded = condition(&mesh, "Degraded");
+    assert_eq!(degraded.status, "True");
+    assert!(degraded.message.contains("Node broken does not parse"), "{}", degraded.message);
+}
+
+/// The controller watches meshes untyped: one whose stored form does not parse
+/// gets a status saying so, and a good one next to it is reconciled.
+#[tokio::test]
+async fn a_malformed_mesh_is_reported_without_failing_the_others() {
+    use kube::core::DynamicObject;
+    use kube::discovery::ApiResource;
+    let mut b = ClientBuilder::new()
+        .with_resource::<Mesh>()
+        .with_resource::<Node>()
+        .with_resource::<ClientQuota>()
+        .with_status_subresource::<Mesh>()
+        .with_runtime_objects(vec![serde_json::json!({
+            "apiVersion": "aethermesh.io/v1alpha1", "kind": "Mesh",
+            "metadata": {"name": "broken", "namespace": "aether"},
+            "spec": {"shards": "many"}
+        })]);
+    for m in examples().meshes {
+        b = b.with_object(m);
+    }
+    let client = b.build().await.unwrap();
+    let ar = ApiResource::erase::<Mesh>(&());
+    let raw: Api<DynamicObject> = Api::namespaced_with(client.clone(), "aether", &ar);
+    for name in ["broken", "prod", "prod"] {
+        let obj = raw.get(name).await.unwrap();
+        let ctx = Arc::new(Context::new(client.clone(), Metrics::new()));
+        controller::reconcile_dynamic(Arc::new(obj), ctx).await.unwrap();
+    }
+    let broken = raw.get("broken").await.unwrap();
+    let status = &broken.data["status"]["conditions"];
+    assert!(status.to_string().contains("does not parse"), "{status}");
+    let prod = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
+    assert!(prod.status.is_some() && prod.finalizers().contains(&FINALIZER.to_string()));
+}

@@ -123,7 +123,7 @@ pub async fn pass(relay: &Arc<Relay>, mesh: &Arc<Mesh>, only: Option<&str>) -> S
         handed_off += usize::from(is_held && clean);
     }
     if only.is_none() {
-        mesh.set_handoff(held, held - handed_off);
+        mesh.set_handoff(&view, held, held - handed_off);
     }
     relay.metrics().anti_entropy.with_label_values(&["done"]).inc();
     relay.metrics().anti_entropy_ops.with_label_values(&["fetched"]).inc_by(total.fetched);

@@ -128,6 +128,8 @@ impl Mesh {
         let mut tasks: HashMap<String, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
             let v = view.borrow_and_update().clone();
+            // The hand-off state was for the previous view: unknown until the next full pass.
+            *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = None;
             {
                 let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
                 peers.retain(|name, p| {
@@ -200,15 +202,21 @@ impl Mesh {
         Some(rx)
     }
 
-    /// Records the hand-off state found by a full anti-entropy pass.
-    pub fn set_handoff(&self, held: usize, pending: usize) {
-        *self.handoff.lock().unwrap_or_else(|e| e.into_inner()) = Some((held, pending));
+    /// Records the hand-off state found by a full anti-entropy pass over
+    /// `view`. A pass that started before the membership changed is stale and
+    /// ignored: the hand-off state always describes the current view.
+    pub fn set_handoff(&self, view: &Arc<View>, held: usize, pending: usize) {
+        let mut h = self.handoff.lock().unwrap_or_else(|e| e.into_inner());
+        if !Arc::ptr_eq(view, &self.view()) {
+            return;
+        }
+        *h = Some((held, pending));
         self.metrics.handoff_pending.set(pending as i64);
         self.metrics.shards_held.set(held as i64);
     }
 
     /// Shards held but not owned, and how many of them some owner still lacks
-    /// (`None` before the first full anti-entropy pass).
+    /// (`None` before the first full anti-entropy pass over the current view).
     pub fn handoff(&self) -> Option<(usize, usize)> {
         *self.handoff.lock().unwrap_or_else(|e| e.into_inner())
     }
