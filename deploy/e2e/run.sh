@@ -78,7 +78,7 @@ rm -f err.txt
 step "deleting the mesh removes its children, keeps volumes"
 kubectl -n "$NS" delete node.aethermesh.io e2e-local --wait=true
 kubectl -n "$NS" delete mesh e2e --wait=true --timeout=120s
-kubectl -n "$NS" get sts e2e-local >/dev/null 2>&1 && fail "the StatefulSet outlived its Node"
+kubectl -n "$NS" wait --for=delete sts/e2e-local --timeout=120s || fail "the StatefulSet outlived its Node"
 kubectl -n "$NS" get pvc -o name | grep -q data-e2e-local-0 || fail "the relay volumes were deleted"
 echo
 echo "e2e OK"

@@ -210,10 +210,16 @@ pub fn build_config_map(
 }
 
 fn http_probe(path: &str, port: i32, period: i32, failures: i32) -> Probe {
+    probe(path, port, period, failures, false)
+}
+
+/// An HTTP(S) probe; `https` when the relay serves its client port over TLS.
+fn probe(path: &str, port: i32, period: i32, failures: i32, https: bool) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::Int(port),
+            scheme: https.then(|| "HTTPS".into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -409,10 +415,11 @@ pub fn build_statefulset(mesh: &Mesh, node: &Node) -> StatefulSet {
             ContainerPort { name: Some("client".into()), container_port: CLIENT_PORT, ..ContainerPort::default() },
             ContainerPort { name: Some("mesh".into()), container_port: MESH_PORT, ..ContainerPort::default() },
         ]),
-        // Boot replays the ledger, which can take a while on a large volume.
-        startup_probe: Some(http_probe("/healthz", CLIENT_PORT, 5, 120)),
-        readiness_probe: Some(http_probe("/readyz", CLIENT_PORT, 5, 2)),
-        liveness_probe: Some(http_probe("/healthz", CLIENT_PORT, 10, 6)),
+        // Boot replays the ledger, which can take a while on a large volume. With TLS the
+        // client port speaks HTTPS only (the kubelet does not verify the certificate).
+        startup_probe: Some(probe("/healthz", CLIENT_PORT, 5, 120, mesh.spec.tls.is_some())),
+        readiness_probe: Some(probe("/readyz", CLIENT_PORT, 5, 2, mesh.spec.tls.is_some())),
+        liveness_probe: Some(probe("/healthz", CLIENT_PORT, 10, 6, mesh.spec.tls.is_some())),
         resources: node.spec.resources.clone(),
         volume_mounts: Some(mounts),
         security_context: Some(restricted()),
@@ -491,6 +498,10 @@ pub fn build_statefulset(mesh: &Mesh, node: &Node) -> StatefulSet {
         // Room for the relay to flush and hand off on SIGTERM.
         termination_grace_period_seconds: Some(60),
         security_context: Some(PodSecurityContext {
+            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
             run_as_non_root: Some(true),
             run_as_user: Some(65532),
             fs_group: Some(65532),
@@ -631,6 +642,16 @@ pub fn build_network_policy(mesh: &Mesh, node: &Node) -> NetworkPolicy {
 /// A Node's ServiceMonitor (prometheus-operator), applied only when its CRD exists.
 pub fn build_service_monitor(mesh: &Mesh, node: &Node) -> serde_json::Value {
     let owners = owner_ref(node).map(|o| vec![o]);
+    let mut endpoint = serde_json::json!({ "port": "client", "path": "/metrics", "interval": "30s" });
+    if let Some(tls) = &mesh.spec.tls {
+        // Relays' certificates name their pods; Prometheus scrapes by IP, so it checks the CA only.
+        endpoint["scheme"] = "https".into();
+        endpoint["tlsConfig"] = serde_json::json!({
+            "ca": { "secret": { "name": tls.secret_name, "key": "ca.crt" } },
+            "insecureSkipVerify": false,
+            "serverName": format!("{}-0.{}.{}.svc", node.name_any(), headless_name(&node.name_any()), node.namespace().unwrap_or_default()),
+        });
+    }
     serde_json::json!({
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "ServiceMonitor",
@@ -642,7 +663,7 @@ pub fn build_service_monitor(mesh: &Mesh, node: &Node) -> serde_json::Value {
         },
         "spec": {
             "selector": { "matchLabels": selector_labels(node) },
-            "endpoints": [{ "port": "client", "path": "/metrics", "interval": "30s" }],
+            "endpoints": [endpoint],
         },
     })
 }
@@ -765,6 +786,10 @@ mod tests {
             assert!(relay.contains(want), "relay args lack {want:?}: {relay}");
         }
         assert!(!relay.contains("--mesh-plaintext"));
+        let rc = container(&sts, "relay").unwrap();
+        let scheme = |p: &Option<Probe>| p.as_ref().unwrap().http_get.as_ref().unwrap().scheme.clone();
+        assert_eq!(scheme(&rc.readiness_probe).as_deref(), Some("HTTPS"), "a TLS relay answers HTTPS only");
+        assert_eq!(scheme(&rc.startup_probe).as_deref(), Some("HTTPS"));
         // The relay's own command line accepts every flag, as the kubelet expands them.
         for (mesh, node) in [(mesh, eu), (&i.meshes[0], &i.nodes[1])] {
             let argv = relay_args(mesh, node).into_iter().map(|a| a.replace("$(POD_NAME)", "prod-eu-0"));

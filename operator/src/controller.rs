@@ -261,6 +261,17 @@ pub async fn reconcile_dynamic(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Re
         Ok(mesh) => reconcile(Arc::new(mesh), ctx).await,
         Err(e) => {
             let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
+            if obj.metadata.deletion_timestamp.is_some() {
+                // Nothing to build from it; let it go.
+                let rest: Vec<&String> = obj.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(ctx.client.clone(), &ns, &ApiResource::erase::<Mesh>(&()));
+                let patch = serde_json::json!({ "metadata": { "finalizers": rest, "resourceVersion": obj.resource_version() } });
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(kube_err(format!("updating the finalizers of mesh {name}")))?;
+                return Ok(Action::await_change());
+            }
             let msg = format!("the Mesh does not parse: {e}");
             tracing::warn!(mesh = %name, namespace = %ns, error = %e, "malformed Mesh");
             // Untyped: the answer is the same malformed object.
@@ -455,6 +466,26 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         })
         .collect();
 
+    // Any invalid or unparseable Node or quota freezes the mesh: building without it would
+    // drop its relays from the membership and delete its StatefulSet, taking a cloud down.
+    if !invalid.is_empty() {
+        let msg = invalid.join("; ");
+        event(ctx, mesh, EventType::Warning, "InvalidChildren", msg.clone()).await;
+        let mut status = mesh.status.clone().unwrap_or_default();
+        status.observed_generation = generation;
+        status.conditions.retain(|c| c.type_ != "Degraded" && c.type_ != "Progressing");
+        status.conditions.push(condition("Degraded", true, "InvalidChildren", msg, generation));
+        status.conditions.push(condition(
+            "Progressing",
+            false,
+            "InvalidChildren",
+            "nothing is changed until every Node and ClientQuota of the mesh is valid".into(),
+            generation,
+        ));
+        set_status(ctx, mesh, status).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+
     // 3. Scale-down is drained: pods that will go leave the membership first, and their
     //    StatefulSet keeps them until each has handed its shards off.
     let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
@@ -504,14 +535,47 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
     // Rolling restarts are gated: the StatefulSet's partition holds every pod, and the
     // operator releases one more only while every relay is ready and replicating.
     let mut rolling = Vec::new();
+    // One pod per mesh at a time: a changed image rolls every Node, and two owners of a
+    // shard must never restart together.
+    let mut existing = BTreeMap::new();
+    for sts in &children.statefulsets {
+        let name = sts.metadata.name.clone().unwrap_or_default();
+        if let Some(current) = sts_api.get_opt(&name).await.map_err(kube_err("reading a StatefulSet"))? {
+            existing.insert(name, current);
+        }
+    }
+    let held_partition = |current: &StatefulSet, replicas: i32| {
+        current
+            .spec
+            .as_ref()
+            .and_then(|s| s.update_strategy.as_ref()?.rolling_update.as_ref()?.partition)
+            .unwrap_or(replicas)
+            .min(replicas)
+    };
+    // A released pod anywhere in the mesh that is not back (updated and ready) blocks every roll.
+    let mut released = existing.values().any(|cur| {
+        let replicas = cur.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let p = held_partition(cur, replicas);
+        cur.status.as_ref().is_some_and(|st| {
+            p < replicas
+                && (st.ready_replicas.unwrap_or(0) < st.replicas || st.updated_replicas.unwrap_or(0) < replicas - p)
+        })
+    });
     for sts in &mut children.statefulsets {
         let name = sts.metadata.name.clone().unwrap_or_default();
-        let existing = sts_api.get_opt(&name).await.map_err(kube_err("reading a StatefulSet"))?;
         let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        let partition = match existing {
+        let partition = match existing.get(&name) {
             None => replicas,
             Some(current) => {
-                let (held, why) = roll_partition(ctx, mesh, &name, &current, replicas, ca.clone()).await;
+                let before = held_partition(current, replicas);
+                let (mut held, why) = roll_partition(ctx, mesh, &name, current, replicas, ca.clone()).await;
+                if held < before {
+                    if released {
+                        held = before; // one pod per mesh at a time
+                    } else {
+                        released = true;
+                    }
+                }
                 if let Some(why) = why {
                     rolling.push(format!("{name}: {why}"));
                 }

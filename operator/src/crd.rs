@@ -469,6 +469,23 @@ mod tests {
     }
 
     #[test]
+    fn node_names_must_fit_the_service_and_pod_names_built_from_them() {
+        let m = mesh(serde_json::json!({}));
+        let node = |name: &str| -> Node {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "aethermesh.io/v1alpha1", "kind": "Node", "metadata": {"name": name},
+                "spec": {"mesh": "m", "cloud": "eu"}
+            }))
+            .unwrap()
+        };
+        assert!(crate::validate::node(&node("eu-1"), &m).is_empty());
+        for bad in ["1eu", "eu.west", "EU", &"a".repeat(48)] {
+            let p = crate::validate::node(&node(bad), &m);
+            assert!(p.iter().any(|p| p.contains("DNS-1035")), "{bad}: {p:?}");
+        }
+    }
+
+    #[test]
     fn cel_rules_hold_client_side() {
         let old = mesh(serde_json::json!({"shards": 64}));
         let resharded = mesh(serde_json::json!({"shards": 128}));

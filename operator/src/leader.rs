@@ -21,23 +21,41 @@ impl Elector {
         Elector { lock: LeaseLock::new(client, namespace, params), ttl, renew: ttl / 3, id: id.into() }
     }
 
-    /// Waits until this replica holds the Lease.
+    /// One acquire-or-renew request, bounded by the renew interval (the client itself has no
+    /// read timeout, and a hung request must not look like a held Lease).
+    async fn attempt(&self) -> Result<LeaseLockResult, String> {
+        match tokio::time::timeout(self.renew, self.lock.try_acquire_or_renew()).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("the Lease request timed out".into()),
+        }
+    }
+
+    /// Waits until this replica holds the Lease, confirmed by a second renewal one
+    /// interval later (the Lease is taken with a read then an unconditional patch, so
+    /// two stand-bys racing for a released Lease can both be told they have it; only
+    /// the one whose write stuck is still the holder at the second look).
     pub async fn acquire(&self) {
         let mut logged = false;
+        let mut pending = false;
         loop {
-            match self.lock.try_acquire_or_renew().await {
-                Ok(LeaseLockResult::Acquired(_)) => {
+            match self.attempt().await {
+                Ok(LeaseLockResult::Acquired(_)) if pending => {
                     tracing::info!(id = %self.id, "leadership acquired");
                     return;
                 }
+                Ok(LeaseLockResult::Acquired(_)) => pending = true,
                 Ok(LeaseLockResult::NotAcquired(lease)) => {
+                    pending = false;
                     if !logged {
                         let holder = lease.spec.and_then(|s| s.holder_identity).unwrap_or_default();
                         tracing::info!(id = %self.id, %holder, "standing by: another replica leads");
                         logged = true;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "leader election failed; retrying"),
+                Err(e) => {
+                    pending = false;
+                    tracing::warn!(error = %e, "leader election failed; retrying");
+                }
             }
             tokio::time::sleep(self.renew).await;
         }
@@ -50,8 +68,10 @@ impl Elector {
         let mut last_ok = Instant::now();
         loop {
             tokio::time::sleep(self.renew).await;
-            match self.lock.try_acquire_or_renew().await {
-                Ok(LeaseLockResult::Acquired(_)) => last_ok = Instant::now(),
+            // The Lease runs from when the renewal was sent, not from its answer.
+            let sent = Instant::now();
+            match self.attempt().await {
+                Ok(LeaseLockResult::Acquired(_)) => last_ok = sent,
                 Ok(LeaseLockResult::NotAcquired(_)) => return "another replica took the Lease".into(),
                 Err(e) => tracing::warn!(error = %e, "renewing the Lease failed"),
             }

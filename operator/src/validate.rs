@@ -40,6 +40,15 @@ pub fn mesh(mesh: &Mesh) -> Vec<String> {
 /// Problems with `node` as a member of `mesh`.
 pub fn node(node: &Node, mesh: &Mesh) -> Vec<String> {
     let mut out = Vec::new();
+    // `<name>-mesh` is a Service and `<name>-<ordinal>` pod names: a DNS-1035 label with room.
+    let name = node.name_any();
+    let label = name.len() <= 47
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !label {
+        out.push(format!("name {name:?} must be a DNS-1035 label of at most 47 characters (a-z, 0-9, '-')"));
+    }
     if let Err(e) = node.validate_cel() {
         out.push(e.to_string());
     }

@@ -192,18 +192,27 @@ async fn an_invalid_mesh_is_reported_and_nothing_is_built() {
     assert_eq!(condition(&mesh, "Ready").status, "False");
 }
 
+/// A Node that becomes invalid (a typo in its endpoints) freezes the mesh:
+/// nothing of it is torn down, and the status says why.
 #[tokio::test]
-async fn an_invalid_node_is_left_out_and_the_mesh_says_why() {
-    let mut inputs = examples();
-    inputs.nodes[1].spec.cloud = "mars".into();
-    let client = cluster(inputs).await;
+async fn an_invalid_node_freezes_the_mesh_instead_of_tearing_it_down() {
+    let client = cluster(examples()).await;
     reconcile(&client, "prod").await.unwrap();
     reconcile(&client, "prod").await.unwrap();
-    assert_eq!(names::<StatefulSet>(&client).await, ["prod-eu"]);
+    let nodes = Api::<Node>::namespaced(client.clone(), "aether");
+    let typo = serde_json::json!({"spec": {"publicEndpoints": ["ftp://us.relay.example.com"], "replicas": 1}});
+    nodes.patch("prod-us", &PatchParams::default(), &Patch::Merge(&typo)).await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    assert_eq!(names::<StatefulSet>(&client).await, ["prod-eu", "prod-us"]);
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), "aether").get("prod-us").await.unwrap();
+    assert_eq!(sts.spec.unwrap().replicas, Some(2), "a frozen mesh was changed");
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), "aether").get("prod-mesh").await.unwrap();
+    assert!(cm.data.unwrap()["members"].contains("prod-us-1="), "the invalid Node's relays left the membership");
     let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
     let degraded = condition(&mesh, "Degraded");
     assert_eq!(degraded.status, "True");
-    assert!(degraded.message.contains("Node prod-us") && degraded.message.contains("mars"), "{}", degraded.message);
+    assert!(degraded.message.contains("Node prod-us") && degraded.message.contains("ftp://"), "{}", degraded.message);
+    assert_eq!(condition(&mesh, "Progressing").reason, "InvalidChildren");
 }
 
 #[tokio::test]
@@ -425,9 +434,9 @@ async fn a_failed_apply_errs_backs_off_and_recovers() {
 }
 
 /// A Node stored with a spec that does not parse (as after a schema change)
-/// is reported; the rest of the mesh is still built.
+/// is reported, and the mesh is frozen rather than built without it.
 #[tokio::test]
-async fn a_malformed_node_is_reported_and_the_rest_is_built() {
+async fn a_malformed_node_is_reported_and_freezes_the_mesh() {
     let mut inputs = examples();
     inputs.nodes.truncate(1);
     let mut b = ClientBuilder::new()
@@ -450,7 +459,7 @@ async fn a_malformed_node_is_reported_and_the_rest_is_built() {
     let client = b.build().await.unwrap();
     reconcile(&client, "prod").await.unwrap();
     reconcile(&client, "prod").await.unwrap();
-    assert_eq!(names::<StatefulSet>(&client).await, ["prod-eu"]);
+    assert!(names::<StatefulSet>(&client).await.is_empty());
     let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
     let degraded = condition(&mesh, "Degraded");
     assert_eq!(degraded.status, "True");
@@ -489,4 +498,34 @@ async fn a_malformed_mesh_is_reported_without_failing_the_others() {
     assert!(status.to_string().contains("does not parse"), "{status}");
     let prod = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
     assert!(prod.status.is_some() && prod.finalizers().contains(&FINALIZER.to_string()));
+}
+
+/// A changed image rolls every Node: still one relay of the mesh at a time.
+#[tokio::test]
+async fn a_mesh_wide_roll_releases_one_relay_at_a_time() {
+    let client = cluster(examples()).await;
+    reconcile(&client, "prod").await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), "aether");
+    for (name, n) in [("prod-eu", 3), ("prod-us", 2)] {
+        let status = serde_json::json!({"status": {"replicas": n, "readyReplicas": n, "updatedReplicas": 0,
+            "currentRevision": "r1", "updateRevision": "r2"}});
+        sts.patch_status(name, &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    }
+    let healthy = Arc::new(Scripted::default());
+    *healthy.state.lock().unwrap() = Some(HandoffState { in_membership: true, ..Default::default() });
+    let released = || async {
+        let mut n = 0;
+        for (name, replicas) in [("prod-eu", 3), ("prod-us", 2)] {
+            let p =
+                sts.get(name).await.unwrap().spec.unwrap().update_strategy.unwrap().rolling_update.unwrap().partition;
+            n += replicas - p.unwrap();
+        }
+        n
+    };
+    reconcile_with(&client, "prod", healthy.clone()).await.unwrap();
+    assert_eq!(released().await, 1, "more than one relay of the mesh released at once");
+    // Until that relay is back (updated and ready), nobody else goes.
+    reconcile_with(&client, "prod", healthy).await.unwrap();
+    assert_eq!(released().await, 1);
 }
