@@ -198,8 +198,19 @@ pub fn build_config_map(
     let labels =
         BTreeMap::from([("app.kubernetes.io/managed-by".into(), MANAGER.into()), (LABEL_MESH.into(), mesh.name_any())]);
     let pretty = |v: serde_json::Value| serde_json::to_string_pretty(&v).expect("plain data");
+    let mut metadata = meta(config_map_name(&mesh.name_any()), mesh, labels);
+    // Relays mount it: it must outlive the Mesh while any of its Nodes (and their pods) remain.
+    if let Some(owners) = metadata.owner_references.as_mut() {
+        for n in nodes {
+            if let Some(mut o) = owner_ref(*n) {
+                o.controller = Some(false);
+                o.block_owner_deletion = None;
+                owners.push(o);
+            }
+        }
+    }
     ConfigMap {
-        metadata: meta(config_map_name(&mesh.name_any()), mesh, labels),
+        metadata,
         data: Some(BTreeMap::from([
             ("members".into(), membership(mesh, nodes, draining)),
             ("clouds.json".into(), pretty(endpoint_lists(mesh, nodes))),
@@ -353,6 +364,12 @@ pub fn relay_args(mesh: &Mesh, node: &Node) -> Vec<String> {
             if let Some(v) = v {
                 a.extend([flag.into(), v.to_string()]);
             }
+        }
+        // A value travels inside a message inside a frame: both must hold it.
+        if let Some(v) = l.value_bytes.filter(|v| *v > 48 * 1024) {
+            let room = v.saturating_add(16 * 1024);
+            a.extend(["--limit-message-bytes".into(), room.to_string()]);
+            a.extend(["--limit-frame-bytes".into(), room.max(256 * 1024).to_string()]);
         }
     }
     a

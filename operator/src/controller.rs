@@ -56,8 +56,8 @@ fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 pub struct Context {
     /// The API client.
     pub client: Client,
-    /// Publishes Kubernetes Events.
-    pub reporter: Reporter,
+    /// Publishes Kubernetes Events (one recorder, so repeated events are aggregated).
+    pub recorder: Recorder,
     /// Reconcile metrics.
     pub metrics: Metrics,
     /// Consecutive failures per mesh, for exponential backoff.
@@ -190,8 +190,8 @@ impl Context {
     pub fn new(client: Client, metrics: Metrics) -> Self {
         let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
         Context {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
-            reporter,
             metrics,
             failures: Mutex::new(HashMap::new()),
             service_monitors: None,
@@ -323,9 +323,8 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 async fn event(ctx: &Context, mesh: &Mesh, type_: EventType, reason: &str, note: String) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let ev = Event { type_, reason: reason.into(), note: Some(note), action: "Reconcile".into(), secondary: None };
-    if let Err(e) = recorder.publish(&ev, &mesh.object_ref(&())).await {
+    if let Err(e) = ctx.recorder.publish(&ev, &mesh.object_ref(&())).await {
         tracing::debug!(error = %e, reason, "could not publish an event");
     }
 }
@@ -388,7 +387,14 @@ where
     let mut removed = Vec::new();
     for obj in list {
         let name = obj.name_any();
-        if !keep.contains(&name) {
+        // Labels can be copied (`kubectl expose` does): only objects this operator made,
+        // controlled by one of the mesh's Nodes or the Mesh itself, are ever removed.
+        let ours = obj.owner_references().iter().any(|o| {
+            o.controller == Some(true)
+                && o.api_version.starts_with("aethermesh.io/")
+                && (o.kind == "Node" || o.kind == "Mesh")
+        });
+        if ours && !keep.contains(&name) {
             api.delete(&name, &DeleteParams::default()).await.map_err(kube_err(format!("deleting orphan {name}")))?;
             removed.push(name);
         }

@@ -65,6 +65,12 @@ async fn reconcile_with(
     controller::reconcile(Arc::new(mesh), Arc::new(ctx)).await
 }
 
+fn handed_off_relays() -> Arc<Scripted> {
+    let r = Arc::new(Scripted::default());
+    *r.state.lock().unwrap() = Some(HandoffState { in_membership: false, pending_shards: 0, ..Default::default() });
+    r
+}
+
 /// Relays' hand-off answers, scripted: every asked URL is recorded.
 #[derive(Default)]
 struct Scripted {
@@ -172,6 +178,17 @@ async fn a_mesh_becomes_its_children_status_follows_readiness_and_orphans_go() {
     reconcile_with(&client, "prod", handed_off).await.unwrap();
     assert_eq!(names::<PodDisruptionBudget>(&client).await, ["prod-eu"]);
     assert!(reasons(&client).await.contains(&"Pruned".to_string()));
+    // A user's Service with copied labels (as `kubectl expose` makes) is not ours to prune.
+    let user: Service = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "user-lb", "namespace": "aether", "labels": {
+            "aethermesh.io/mesh": "prod", "app.kubernetes.io/managed-by": "aether-operator"}},
+        "spec": {"ports": [{"port": 443}]}
+    }))
+    .unwrap();
+    Api::<Service>::namespaced(client.clone(), "aether").create(&Default::default(), &user).await.unwrap();
+    reconcile_with(&client, "prod", handed_off_relays()).await.unwrap();
+    assert!(names::<Service>(&client).await.contains(&"user-lb".to_string()), "a user's Service was pruned");
     assert_eq!(sts_api.get("prod-us").await.unwrap().spec.unwrap().replicas, Some(1));
     let cm = Api::<ConfigMap>::namespaced(client.clone(), "aether").get("prod-mesh").await.unwrap();
     assert!(!cm.data.unwrap()["members"].contains("prod-us-1="));
