@@ -570,8 +570,16 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
     for sts in &mut children.statefulsets {
         let name = sts.metadata.name.clone().unwrap_or_default();
         let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        // The pod template's hash, kept as an annotation: a template that changes while a roll
+        // is in flight must not reach the pods already released without passing the gate.
+        let hash = template_hash(sts);
+        sts.metadata.annotations.get_or_insert_with(Default::default).insert(TEMPLATE_HASH.into(), hash.clone());
         let partition = match existing.get(&name) {
             None => replicas,
+            Some(current) if current.annotations().get(TEMPLATE_HASH).is_some_and(|h| *h != hash) => {
+                rolling.push(format!("{name}: the pod template changed; every relay is held, the roll starts over"));
+                replicas
+            }
             Some(current) => {
                 let before = held_partition(current, replicas);
                 let (mut held, why) = roll_partition(ctx, mesh, &name, current, replicas, ca.clone()).await;
@@ -707,6 +715,16 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         Duration::from_secs(15)
     };
     Ok(Action::requeue(again))
+}
+
+/// Annotation with the hash of a StatefulSet's pod template as last applied.
+pub const TEMPLATE_HASH: &str = "aethermesh.io/template-hash";
+
+/// A stable hash of a StatefulSet's pod template (its JSON; BTreeMaps keep keys ordered).
+fn template_hash(sts: &StatefulSet) -> String {
+    let json = sts.spec.as_ref().map(|s| serde_json::to_string(&s.template).unwrap_or_default()).unwrap_or_default();
+    // Stable across builds and versions; not cryptographic: it only tells "changed" from "same".
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(json.as_bytes()))
 }
 
 /// The CA relays' certificates are checked against (`ca.crt` of the mesh TLS Secret), if any.

@@ -546,3 +546,31 @@ async fn a_mesh_wide_roll_releases_one_relay_at_a_time() {
     reconcile_with(&client, "prod", healthy).await.unwrap();
     assert_eq!(released().await, 1);
 }
+
+/// A pod-template change in the middle of a roll holds every relay again, so
+/// the new template also goes through the gate, one pod at a time.
+#[tokio::test]
+async fn a_template_change_mid_roll_holds_every_relay_again() {
+    let client = cluster(examples()).await;
+    reconcile(&client, "prod").await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), "aether");
+    let partition = || async {
+        sts.get("prod-eu").await.unwrap().spec.unwrap().update_strategy.unwrap().rolling_update.unwrap().partition
+    };
+    let status = serde_json::json!({"status": {"replicas": 3, "readyReplicas": 3, "updatedReplicas": 0,
+        "currentRevision": "r1", "updateRevision": "r2"}});
+    sts.patch_status("prod-eu", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let healthy = Arc::new(Scripted::default());
+    *healthy.state.lock().unwrap() = Some(HandoffState { in_membership: true, ..Default::default() });
+    reconcile_with(&client, "prod", healthy.clone()).await.unwrap();
+    assert_eq!(partition().await, Some(2));
+    // A new image while prod-eu-2 is released.
+    let meshes = Api::<Mesh>::namespaced(client.clone(), "aether");
+    let image = serde_json::json!({"spec": {"image": "ghcr.io/aethermesh/aether-relay:0.1.1"}});
+    meshes.patch("prod", &PatchParams::default(), &Patch::Merge(&image)).await.unwrap();
+    reconcile_with(&client, "prod", healthy).await.unwrap();
+    assert_eq!(partition().await, Some(3), "the new template reached released pods without the gate");
+    let mesh = meshes.get("prod").await.unwrap();
+    assert!(condition(&mesh, "Progressing").message.contains("template changed"));
+}
