@@ -30,6 +30,8 @@ use crate::validate;
 
 /// The finalizer on every Mesh.
 pub const FINALIZER: &str = "aethermesh.io/cleanup";
+/// The finalizer on every Node: its relays hand their shards off before it goes.
+pub const NODE_FINALIZER: &str = "aethermesh.io/drain";
 /// How often a healthy mesh is looked at again without any change.
 const RESYNC: Duration = Duration::from_secs(300);
 
@@ -449,6 +451,17 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
     let (all_nodes, mut invalid) = list_lenient::<Node>(&client, &ns, "Node").await?;
     let (all_quotas, bad_quotas) = list_lenient::<ClientQuota>(&client, &ns, "ClientQuota").await?;
     invalid.extend(bad_quotas);
+    // A Node being deleted is drained first: built as if scaled to 0 (its pods leave the
+    // membership and hand off), and released (its finalizer removed) only once they have.
+    let all_nodes: Vec<Node> = all_nodes
+        .into_iter()
+        .map(|mut n| {
+            if n.metadata.deletion_timestamp.is_some() {
+                n.spec.replicas = 0;
+            }
+            n
+        })
+        .collect();
     let nodes: Vec<&Node> = all_nodes
         .iter()
         .filter(|n| n.spec.mesh == name)
@@ -526,6 +539,39 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         }
         if waiting.len() > before {
             held_replicas.insert(n.name_any(), current);
+        }
+    }
+
+    // Nodes get the drain finalizer; a deleting Node whose relays have all handed off loses it.
+    let node_api_for_finalizers: Api<Node> = Api::namespaced(client.clone(), &ns);
+    for n in &nodes {
+        let has = n.finalizers().iter().any(|f| f == NODE_FINALIZER);
+        let deleting = n.metadata.deletion_timestamp.is_some();
+        let drained = !held_replicas.contains_key(&n.name_any())
+            && !waiting.iter().any(|w| w.starts_with(&format!("{}-", n.name_any())));
+        let wanted: Option<Vec<String>> = match (deleting, has) {
+            (false, false) => Some(n.finalizers().iter().cloned().chain([NODE_FINALIZER.to_string()]).collect()),
+            (true, true) if drained => Some(n.finalizers().iter().filter(|f| *f != NODE_FINALIZER).cloned().collect()),
+            _ => None,
+        };
+        if let Some(finalizers) = wanted {
+            let patch = serde_json::json!({
+                "metadata": { "finalizers": finalizers, "resourceVersion": n.resource_version() }
+            });
+            node_api_for_finalizers
+                .patch(&n.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(kube_err(format!("updating the finalizers of Node {}", n.name_any())))?;
+            if deleting {
+                event(
+                    ctx,
+                    mesh,
+                    EventType::Normal,
+                    "NodeReleased",
+                    format!("Node {} drained; deleting it", n.name_any()),
+                )
+                .await;
+            }
         }
     }
 
@@ -830,14 +876,13 @@ async fn set_node_status(api: &Api<Node>, node: &Node, ready: i32) -> Result<(),
             )],
         ),
     };
-    api.patch_status(
-        &node.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&serde_json::json!({ "status": status })),
-    )
-    .await
-    .map_err(kube_err(format!("writing the status of Node {}", node.name_any())))?;
-    Ok(())
+    let patch = serde_json::json!({ "status": status });
+    match api.patch_status(&node.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        // Drained and released in this very reconcile: gone, nothing to report on.
+        Err(kube::Error::Api(e)) if e.code == 404 && node.metadata.deletion_timestamp.is_some() => Ok(()),
+        Err(e) => Err(kube_err(format!("writing the status of Node {}", node.name_any()))(e)),
+    }
 }
 
 /// A quota is compiled (or not, when invalid); usage is not reported by relays

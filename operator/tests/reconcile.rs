@@ -574,3 +574,55 @@ async fn a_template_change_mid_roll_holds_every_relay_again() {
     let mesh = meshes.get("prod").await.unwrap();
     assert!(condition(&mesh, "Progressing").message.contains("template changed"));
 }
+
+/// Deleting a Node drains it first: its relays leave the membership and keep
+/// running until each has handed off; only then does the Node (and with it its
+/// StatefulSet) go.
+#[tokio::test]
+async fn deleting_a_node_drains_it_before_it_goes() {
+    use aether_operator::controller::NODE_FINALIZER;
+    let mut inputs = examples();
+    // prod-us is being deleted; its StatefulSet still runs two relays.
+    let sts = aether_operator::build::build_statefulset(&inputs.meshes[0], &inputs.nodes[1]);
+    let us = &mut inputs.nodes[1];
+    us.metadata.finalizers = Some(vec![NODE_FINALIZER.into()]);
+    us.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    let mut b = ClientBuilder::new()
+        .with_resource::<Mesh>()
+        .with_resource::<Node>()
+        .with_resource::<ClientQuota>()
+        .with_status_subresource::<Mesh>()
+        .with_status_subresource::<Node>()
+        .with_object(sts);
+    for m in inputs.meshes {
+        b = b.with_object(m);
+    }
+    for n in inputs.nodes {
+        b = b.with_object(n);
+    }
+    let client = b.build().await.unwrap();
+    let nodes = Api::<Node>::namespaced(client.clone(), "aether");
+    let relays = Arc::new(Scripted::default());
+    *relays.state.lock().unwrap() =
+        Some(HandoffState { in_membership: false, pending_shards: 4, ..Default::default() });
+    reconcile_with(&client, "prod", relays.clone()).await.unwrap();
+    reconcile_with(&client, "prod", relays.clone()).await.unwrap();
+    // Still holding shards: the Node stays, its relays run, out of the membership.
+    assert_eq!(nodes.get("prod-us").await.unwrap().finalizers(), [NODE_FINALIZER.to_string()]);
+    let sts_api = Api::<StatefulSet>::namespaced(client.clone(), "aether");
+    assert_eq!(sts_api.get("prod-us").await.unwrap().spec.unwrap().replicas, Some(2));
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), "aether").get("prod-mesh").await.unwrap();
+    assert!(!cm.data.unwrap()["members"].contains("prod-us-"), "a deleting Node's relays are still members");
+    // The other Node got the drain finalizer too.
+    assert_eq!(nodes.get("prod-eu").await.unwrap().finalizers(), [NODE_FINALIZER.to_string()]);
+    // Handed off: the finalizer goes.
+    *relays.state.lock().unwrap() =
+        Some(HandoffState { in_membership: false, pending_shards: 0, ..Default::default() });
+    reconcile_with(&client, "prod", relays).await.unwrap();
+    let gone = nodes.get_opt("prod-us").await.unwrap();
+    assert!(
+        gone.is_none_or(|n| !n.finalizers().contains(&NODE_FINALIZER.to_string())),
+        "the drained Node is still held"
+    );
+    assert!(reasons(&client).await.contains(&"NodeReleased".to_string()));
+}
