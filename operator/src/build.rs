@@ -685,6 +685,74 @@ pub fn build_service_monitor(mesh: &Mesh, node: &Node) -> serde_json::Value {
     })
 }
 
+/// The mesh's ledger compaction: a daily CronJob running `aether-ledger compact`
+/// with the mesh's retention, one at a time (`concurrencyPolicy: Forbid`, as
+/// compaction requires). Only with `objectStorage`.
+pub fn build_compaction(mesh: &Mesh) -> Option<k8s_openapi::api::batch::v1::CronJob> {
+    use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, JobSpec, JobTemplateSpec};
+    let os = mesh.spec.object_storage.as_ref()?;
+    let (store, env_from) = ledger_args(mesh)?;
+    // `--node` belongs to a relay's own ledger; compaction covers the whole mesh.
+    let mut args = vec!["compact".to_string(), "--retain".into(), os.retain.clone()];
+    let mut it = store.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--node" {
+            it.next();
+            continue;
+        }
+        args.push(a);
+    }
+    let labels = BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "aether-ledger-compact".into()),
+        ("app.kubernetes.io/managed-by".into(), MANAGER.into()),
+        (LABEL_MESH.into(), mesh.name_any()),
+    ]);
+    let pod = PodSpec {
+        restart_policy: Some("OnFailure".into()),
+        containers: vec![Container {
+            name: "compact".into(),
+            image: Some(mesh.spec.image.clone()),
+            command: Some(vec!["aether-ledger".into()]),
+            args: Some(args),
+            env_from: Some(env_from),
+            security_context: Some(restricted()),
+            ..Container::default()
+        }],
+        security_context: Some(PodSecurityContext {
+            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            ..PodSecurityContext::default()
+        }),
+        ..PodSpec::default()
+    };
+    Some(CronJob {
+        metadata: meta(format!("{}-compact", mesh.name_any()), mesh, labels.clone()),
+        spec: CronJobSpec {
+            schedule: "17 3 * * *".into(),
+            concurrency_policy: Some("Forbid".into()),
+            successful_jobs_history_limit: Some(3),
+            failed_jobs_history_limit: Some(3),
+            job_template: JobTemplateSpec {
+                metadata: None,
+                spec: Some(JobSpec {
+                    backoff_limit: Some(3),
+                    template: PodTemplateSpec {
+                        metadata: Some(ObjectMeta { labels: Some(labels), ..ObjectMeta::default() }),
+                        spec: Some(pod),
+                    },
+                    ..JobSpec::default()
+                }),
+            },
+            ..CronJobSpec::default()
+        },
+        ..CronJob::default()
+    })
+}
+
 /// Everything the operator applies for one mesh.
 #[derive(Debug, Clone)]
 pub struct Children {
@@ -700,6 +768,8 @@ pub struct Children {
     pub network_policies: Vec<NetworkPolicy>,
     /// ServiceMonitors (applied only when the CRD exists).
     pub service_monitors: Vec<serde_json::Value>,
+    /// The ledger compaction CronJob (with object storage).
+    pub compaction: Option<k8s_openapi::api::batch::v1::CronJob>,
 }
 
 /// Builds every child of `mesh` from its Nodes and ClientQuotas (those that name it).
@@ -725,6 +795,7 @@ pub fn build_all_draining(
         pdbs: Vec::new(),
         network_policies: Vec::new(),
         service_monitors: Vec::new(),
+        compaction: build_compaction(mesh),
     };
     for n in &mine {
         c.statefulsets.push(build_statefulset(mesh, n));
@@ -745,6 +816,7 @@ impl Children {
         out.extend(self.statefulsets.iter().map(|s| serde_json::to_value(s).expect("serializable")));
         out.extend(self.pdbs.iter().map(|s| serde_json::to_value(s).expect("serializable")));
         out.extend(self.network_policies.iter().map(|s| serde_json::to_value(s).expect("serializable")));
+        out.extend(self.compaction.iter().map(|c| serde_json::to_value(c).expect("serializable")));
         out.extend(self.service_monitors.iter().cloned());
         out
     }
@@ -871,6 +943,37 @@ mod tests {
         enum Cmd {
             Ship(aether_ledger::ship::ShipArgs),
             Restore(aether_ledger::restore::RestoreArgs),
+        }
+        Cli::try_parse_from(argv).map(|_| ())
+    }
+
+    #[test]
+    fn compaction_runs_daily_one_at_a_time_with_the_mesh_retention() {
+        let i = prod();
+        let cj = build_compaction(&i.meshes[0]).unwrap();
+        let spec = cj.spec;
+        assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+        let pod = spec.job_template.spec.unwrap().template.spec.unwrap();
+        let a = args(&pod.containers[0]);
+        assert!(a.starts_with("compact --retain 168h --mesh prod --store s3://aether-ledger/prod"), "{a}");
+        assert!(!a.contains("--node"), "{a}");
+        let argv = pod.containers[0].args.clone().unwrap();
+        let parsed = aether_ledger_compact(std::iter::once("aether-ledger".to_string()).chain(argv).collect());
+        assert!(parsed.is_ok(), "{}", parsed.unwrap_err());
+        let dev = inputs(&[("dev.yaml", include_str!("../../deploy/examples/dev.yaml"))]);
+        assert!(build_compaction(&dev.meshes[0]).is_none());
+    }
+
+    fn aether_ledger_compact(argv: Vec<String>) -> Result<(), clap::Error> {
+        use clap::{Parser, Subcommand};
+        #[derive(Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            _command: Cmd,
+        }
+        #[derive(Subcommand)]
+        enum Cmd {
+            Compact(aether_ledger::compact::CompactArgs),
         }
         Cli::try_parse_from(argv).map(|_| ())
     }

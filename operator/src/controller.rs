@@ -665,6 +665,10 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
     for p in &children.network_policies {
         apply_object(&np_api, p).await?;
     }
+    let cron_api: Api<k8s_openapi::api::batch::v1::CronJob> = Api::namespaced(client.clone(), &ns);
+    if let Some(c) = &children.compaction {
+        apply_object(&cron_api, c).await?;
+    }
     if service_monitor_crd_exists(ctx).await {
         let ar = ApiResource::from_gvk(&GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor"));
         let sm_api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
@@ -684,6 +688,8 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
     removed.extend(remove_orphans(&svc_api, &name, &names(&children.services)).await?);
     removed.extend(remove_orphans(&pdb_api, &name, &names(&children.pdbs)).await?);
     removed.extend(remove_orphans(&np_api, &name, &names(&children.network_policies)).await?);
+    let cron_keep: Vec<_> = children.compaction.iter().cloned().collect();
+    removed.extend(remove_orphans(&cron_api, &name, &names(&cron_keep)).await?);
     if !removed.is_empty() {
         event(ctx, mesh, EventType::Normal, "Pruned", format!("removed {}", removed.join(", "))).await;
     }
