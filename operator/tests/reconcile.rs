@@ -626,3 +626,38 @@ async fn deleting_a_node_drains_it_before_it_goes() {
     );
     assert!(reasons(&client).await.contains(&"NodeReleased".to_string()));
 }
+
+/// The escape hatch: with `aethermesh.io/unsafe-skip-gates`, a roll blocked by
+/// an unready relay moves on (one pod at a time) and a drain does not wait.
+#[tokio::test]
+async fn the_skip_gates_annotation_unblocks_rolls_and_drains() {
+    use aether_operator::controller::SKIP_GATES;
+    let client = cluster(examples()).await;
+    reconcile(&client, "prod").await.unwrap();
+    reconcile(&client, "prod").await.unwrap();
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), "aether");
+    let partition = || async {
+        sts.get("prod-eu").await.unwrap().spec.unwrap().update_strategy.unwrap().rolling_update.unwrap().partition
+    };
+    // prod-eu-0 crash-loops (2 of 3 ready) while a fix rolls out.
+    let status = serde_json::json!({"status": {"replicas": 3, "readyReplicas": 2, "updatedReplicas": 0,
+        "currentRevision": "r1", "updateRevision": "r2"}});
+    sts.patch_status("prod-eu", &PatchParams::default(), &Patch::Merge(&status)).await.unwrap();
+    let unreachable = Arc::new(Scripted::default());
+    reconcile_with(&client, "prod", unreachable.clone()).await.unwrap();
+    assert_eq!(partition().await, Some(3), "the gate should hold an unhealthy mesh");
+    let meshes = Api::<Mesh>::namespaced(client.clone(), "aether");
+    let annotate = serde_json::json!({"metadata": {"annotations": {SKIP_GATES: "true"}}});
+    meshes.patch("prod", &PatchParams::default(), &Patch::Merge(&annotate)).await.unwrap();
+    reconcile_with(&client, "prod", unreachable.clone()).await.unwrap();
+    assert_eq!(partition().await, Some(2));
+    // And a drain of unreachable relays does not wait.
+    let nodes = Api::<Node>::namespaced(client.clone(), "aether");
+    nodes
+        .patch("prod-us", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"replicas": 1}})))
+        .await
+        .unwrap();
+    reconcile_with(&client, "prod", unreachable).await.unwrap();
+    assert_eq!(sts.get("prod-us").await.unwrap().spec.unwrap().replicas, Some(1));
+    assert!(reasons(&client).await.contains(&"GatesSkipped".to_string()));
+}
