@@ -611,14 +611,24 @@ pub fn build_client_service(mesh: &Mesh, node: &Node) -> Service {
     }
 }
 
-/// A Node's PodDisruptionBudget: one relay down at a time; none for a single replica
-/// (a PDB there would block node drains forever).
-pub fn build_pdb(mesh: &Mesh, node: &Node) -> Option<PodDisruptionBudget> {
-    (node.spec.replicas > 1).then(|| PodDisruptionBudget {
-        metadata: meta(node.name_any(), node, pod_labels(mesh, node)),
+/// The mesh's PodDisruptionBudget: one relay of the whole mesh down at a time
+/// (two relays of different Nodes may own the same shard); none when the mesh
+/// has a single relay, where it would block node drains forever.
+pub fn build_pdb(mesh: &Mesh, nodes: &[&Node]) -> Option<PodDisruptionBudget> {
+    let relays: i32 = nodes.iter().map(|n| n.spec.replicas).sum();
+    let labels =
+        BTreeMap::from([("app.kubernetes.io/managed-by".into(), MANAGER.into()), (LABEL_MESH.into(), mesh.name_any())]);
+    (relays > 1).then(|| PodDisruptionBudget {
+        metadata: meta(format!("{}-relays", mesh.name_any()), mesh, labels),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector { match_labels: Some(selector_labels(node)), ..LabelSelector::default() }),
+            selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([
+                    ("app.kubernetes.io/name".into(), "aether-relay".into()),
+                    (LABEL_MESH.into(), mesh.name_any()),
+                ])),
+                ..LabelSelector::default()
+            }),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
@@ -715,9 +725,21 @@ pub fn build_compaction(mesh: &Mesh) -> Option<k8s_openapi::api::batch::v1::Cron
             command: Some(vec!["aether-ledger".into()]),
             args: Some(args),
             env_from: Some(env_from),
+            // Folding writes a snapshot to a temporary directory; the root filesystem is read-only.
+            env: Some(vec![EnvVar { name: "TMPDIR".into(), value: Some("/tmp".into()), ..EnvVar::default() }]),
+            volume_mounts: Some(vec![VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            }]),
             security_context: Some(restricted()),
             ..Container::default()
         }],
+        volumes: Some(vec![Volume {
+            name: "tmp".into(),
+            empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        }]),
         security_context: Some(PodSecurityContext {
             seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
                 type_: "RuntimeDefault".into(),
@@ -762,7 +784,7 @@ pub struct Children {
     pub statefulsets: Vec<StatefulSet>,
     /// Headless and client Services.
     pub services: Vec<Service>,
-    /// PDBs (Nodes with more than one replica).
+    /// The mesh-wide PDB (more than one relay).
     pub pdbs: Vec<PodDisruptionBudget>,
     /// NetworkPolicies.
     pub network_policies: Vec<NetworkPolicy>,
@@ -797,11 +819,11 @@ pub fn build_all_draining(
         service_monitors: Vec::new(),
         compaction: build_compaction(mesh),
     };
+    c.pdbs.extend(build_pdb(mesh, &mine));
     for n in &mine {
         c.statefulsets.push(build_statefulset(mesh, n));
         c.services.push(build_headless_service(mesh, n));
         c.services.push(build_client_service(mesh, n));
-        c.pdbs.extend(build_pdb(mesh, n));
         c.network_policies.push(build_network_policy(mesh, n));
         c.service_monitors.push(build_service_monitor(mesh, n));
     }
@@ -986,9 +1008,14 @@ mod tests {
         let relay = args(container(&sts, "relay").unwrap());
         assert!(relay.contains("--mesh-plaintext") && !relay.contains("--ledger-sidecar"), "{relay}");
         assert!(relay.contains("--shards 16 --replication 1 --write-quorum 1"), "{relay}");
-        // One replica: no PDB (it would block node drains forever).
-        assert!(build_pdb(&i.meshes[0], &i.nodes[0]).is_none());
-        assert!(build_pdb(&prod().meshes[0], &prod().nodes[0]).is_some());
+        // One relay in the mesh: no PDB (it would block node drains forever).
+        let dev_nodes: Vec<&Node> = i.nodes.iter().collect();
+        assert!(build_pdb(&i.meshes[0], &dev_nodes).is_none());
+        let p = prod();
+        let prod_nodes: Vec<&Node> = p.nodes.iter().collect();
+        let pdb = build_pdb(&p.meshes[0], &prod_nodes).unwrap();
+        let sel = pdb.spec.unwrap().selector.unwrap().match_labels.unwrap();
+        assert_eq!(sel[LABEL_MESH], "prod", "one budget over every relay of the mesh");
     }
 
     #[test]

@@ -128,7 +128,8 @@ async fn http_get<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     io.write_all(req.as_bytes()).await?;
     let mut out = Vec::new();
     // A TLS peer may close without close_notify once the body is sent: keep what arrived.
-    match (&mut io).take(1 << 20).read_to_end(&mut out).await {
+    // The shard table of a large mesh is several MiB.
+    match (&mut io).take(64 << 20).read_to_end(&mut out).await {
         Ok(_) => Ok(out),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => Ok(out),
         Err(e) => Err(e),
@@ -274,7 +275,8 @@ pub async fn reconcile_dynamic(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Re
         Err(e) => {
             let (ns, name) = (obj.namespace().unwrap_or_default(), obj.name_any());
             if obj.metadata.deletion_timestamp.is_some() {
-                // Nothing to build from it; let it go.
+                // Nothing to build from it; let it (and its Nodes being deleted) go.
+                release_deleting_nodes(&ctx, &ns, &name).await?;
                 let rest: Vec<&String> = obj.finalizers().iter().filter(|f| *f != FINALIZER).collect();
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(ctx.client.clone(), &ns, &ApiResource::erase::<Mesh>(&()));
@@ -430,6 +432,8 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
     if !problems.is_empty() {
         let msg = problems.join("; ");
         event(ctx, mesh, EventType::Warning, "Invalid", msg.clone()).await;
+        // Deletion still proceeds (without a drain: there is no valid mesh to drain into).
+        release_deleting_nodes(ctx, &ns, &name).await?;
         let conditions = vec![
             condition("Ready", false, "Invalid", msg.clone(), generation),
             condition("Progressing", false, "Invalid", "nothing is applied until the spec is fixed".into(), generation),
@@ -439,6 +443,8 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(RESYNC));
     }
     if mesh.spec.paused {
+        // Paused stops changes, not deletion: Nodes being deleted go (without a drain).
+        release_deleting_nodes(ctx, &ns, &name).await?;
         let conditions = vec![condition(
             "Progressing",
             false,
@@ -476,6 +482,10 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         .iter()
         .filter(|n| n.spec.mesh == name)
         .filter(|n| {
+            // A Node being deleted is drained whatever its spec says now.
+            if n.metadata.deletion_timestamp.is_some() {
+                return true;
+            }
             let p = validate::node(n, mesh);
             if !p.is_empty() {
                 invalid.push(format!("Node {}: {}", n.name_any(), p.join("; ")));
@@ -495,6 +505,9 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
         })
         .collect();
 
+    // A Node that no longer parses cannot be drained: if it is being deleted, release it.
+    let released = release_unparseable_deleting(ctx, &ns, &name).await?;
+    invalid.retain(|p| !released.iter().any(|r| p.starts_with(&format!("Node {r} "))));
     // Any invalid or unparseable Node or quota freezes the mesh: building without it would
     // drop its relays from the membership and delete its StatefulSet, taking a cloud down.
     if !invalid.is_empty() {
@@ -626,14 +639,15 @@ pub async fn apply(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
             .min(replicas)
     };
     // A released pod anywhere in the mesh that is not back (updated and ready) blocks every roll.
-    let mut released = existing.values().any(|cur| {
-        let replicas = cur.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        let p = held_partition(cur, replicas);
-        cur.status.as_ref().is_some_and(|st| {
-            p < replicas
-                && (st.ready_replicas.unwrap_or(0) < st.replicas || st.updated_replicas.unwrap_or(0) < replicas - p)
-        })
-    });
+    let mut released = !skip_gates(mesh)
+        && existing.values().any(|cur| {
+            let replicas = cur.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+            let p = held_partition(cur, replicas);
+            cur.status.as_ref().is_some_and(|st| {
+                p < replicas
+                    && (st.ready_replicas.unwrap_or(0) < st.replicas || st.updated_replicas.unwrap_or(0) < replicas - p)
+            })
+        });
     for sts in &mut children.statefulsets {
         let name = sts.metadata.name.clone().unwrap_or_default();
         let replicas = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
@@ -951,9 +965,66 @@ async fn service_monitor_crd_exists(ctx: &Context) -> bool {
     matches!(crds.get_opt("servicemonitors.monitoring.coreos.com").await, Ok(Some(_)))
 }
 
+/// Removes the drain finalizer from every Node of mesh `mesh_name` that is
+/// being deleted, without a drain: when there is no mesh to drain into (it is
+/// being deleted, paused, invalid or unparseable), deletion must still finish.
+/// Untyped, so Nodes that no longer parse are released too.
+async fn release_deleting_nodes(ctx: &Context, ns: &str, mesh_name: &str) -> Result<Vec<String>, Error> {
+    let ar = ApiResource::erase::<Node>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    let mut released = Vec::new();
+    for n in api.list(&ListParams::default()).await.map_err(kube_err("listing Nodes"))? {
+        let mine = n.data.get("spec").and_then(|s| s.get("mesh")).and_then(|m| m.as_str()) == Some(mesh_name);
+        let held = n.finalizers().iter().any(|f| f == NODE_FINALIZER);
+        if !(mine && held && n.metadata.deletion_timestamp.is_some()) {
+            continue;
+        }
+        let rest: Vec<&String> = n.finalizers().iter().filter(|f| *f != NODE_FINALIZER).collect();
+        let patch = serde_json::json!({ "metadata": { "finalizers": rest, "resourceVersion": n.resource_version() } });
+        api.patch(&n.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_err(format!("releasing Node {}", n.name_any())))?;
+        released.push(n.name_any());
+    }
+    Ok(released)
+}
+
+/// Releases (drain finalizer removed) Nodes of the mesh that are being deleted and do not parse.
+async fn release_unparseable_deleting(ctx: &Context, ns: &str, mesh_name: &str) -> Result<Vec<String>, Error> {
+    let ar = ApiResource::erase::<Node>(&());
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
+    let mut out = Vec::new();
+    for n in api.list(&ListParams::default()).await.map_err(kube_err("listing Nodes"))? {
+        let parses = serde_json::to_value(&n).and_then(serde_json::from_value::<Node>).is_ok();
+        let mine = n.data.get("spec").and_then(|s| s.get("mesh")).and_then(|m| m.as_str()) == Some(mesh_name);
+        if parses || !mine || n.metadata.deletion_timestamp.is_none() {
+            continue;
+        }
+        let rest: Vec<&String> = n.finalizers().iter().filter(|f| *f != NODE_FINALIZER).collect();
+        let patch = serde_json::json!({ "metadata": { "finalizers": rest, "resourceVersion": n.resource_version() } });
+        api.patch(&n.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(kube_err(format!("releasing Node {}", n.name_any())))?;
+        out.push(n.name_any());
+    }
+    Ok(out)
+}
+
 /// The cleanup half: children go with their owner references (garbage
 /// collection); volumes are kept on purpose (they hold the data).
 pub async fn cleanup(mesh: &Mesh, ctx: &Context) -> Result<Action, Error> {
+    let ns = mesh.namespace().unwrap_or_else(|| "default".into());
+    let released = release_deleting_nodes(ctx, &ns, &mesh.name_any()).await?;
+    if !released.is_empty() {
+        event(
+            ctx,
+            mesh,
+            EventType::Warning,
+            "NodeReleasedWithoutDrain",
+            format!("the mesh is going: {}", released.join(", ")),
+        )
+        .await;
+    }
     event(
         ctx,
         mesh,

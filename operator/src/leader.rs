@@ -34,16 +34,18 @@ impl Elector {
     /// interval later (the Lease is taken with a read then an unconditional patch, so
     /// two stand-bys racing for a released Lease can both be told they have it; only
     /// the one whose write stuck is still the holder at the second look).
-    pub async fn acquire(&self) {
+    pub async fn acquire(&self) -> Instant {
         let mut logged = false;
         let mut pending = false;
         loop {
+            let sent = Instant::now();
             match self.attempt().await {
-                Ok(LeaseLockResult::Acquired(_)) if pending => {
+                Ok(LeaseLockResult::Acquired(lease)) if self.holds(&lease) && pending => {
                     tracing::info!(id = %self.id, "leadership acquired");
-                    return;
+                    return sent;
                 }
-                Ok(LeaseLockResult::Acquired(_)) => pending = true,
+                Ok(LeaseLockResult::Acquired(lease)) if self.holds(&lease) => pending = true,
+                Ok(LeaseLockResult::Acquired(_)) => pending = false,
                 Ok(LeaseLockResult::NotAcquired(lease)) => {
                     pending = false;
                     if !logged {
@@ -64,21 +66,32 @@ impl Elector {
     /// Renews the Lease until it cannot be sure it still holds it, then returns:
     /// the caller must stop reconciling at once. It returns before the Lease can
     /// have expired for the others (one renew interval early).
-    pub async fn hold(&self) -> String {
-        let mut last_ok = Instant::now();
+    /// `since`: when the renewal that confirmed leadership was sent (from [`Elector::acquire`]).
+    pub async fn hold(&self, since: Instant) -> String {
+        let mut last_ok = since;
         loop {
-            tokio::time::sleep(self.renew).await;
-            // The Lease runs from when the renewal was sent, not from its answer.
-            let sent = Instant::now();
-            match self.attempt().await {
-                Ok(LeaseLockResult::Acquired(_)) => last_ok = sent,
-                Ok(LeaseLockResult::NotAcquired(_)) => return "another replica took the Lease".into(),
-                Err(e) => tracing::warn!(error = %e, "renewing the Lease failed"),
-            }
-            if last_ok.elapsed() + self.renew >= self.ttl {
+            // A hard deadline: one interval before the Lease can have expired for the others,
+            // however long a request hangs.
+            let deadline = last_ok + self.ttl.saturating_sub(self.renew);
+            let next = (Instant::now() + self.renew).min(deadline);
+            tokio::time::sleep_until(next.into()).await;
+            if Instant::now() >= deadline {
                 return format!("could not renew the Lease for {:?}", last_ok.elapsed());
             }
+            // The Lease runs from when the renewal was sent, not from its answer.
+            let sent = Instant::now();
+            let answer = tokio::time::timeout_at(deadline.into(), self.attempt()).await;
+            match answer {
+                Ok(Ok(LeaseLockResult::Acquired(lease))) if self.holds(&lease) => last_ok = sent,
+                Ok(Ok(_)) => return "another replica took the Lease".into(),
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the Lease failed"),
+                Err(_) => return format!("could not renew the Lease for {:?}", last_ok.elapsed()),
+            }
         }
+    }
+
+    fn holds(&self, lease: &k8s_openapi::api::coordination::v1::Lease) -> bool {
+        lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(self.id.as_str())
     }
 
     /// Gives the Lease up (a clean shutdown), so another replica takes over at once.

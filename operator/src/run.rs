@@ -48,7 +48,7 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let id = std::env::var("POD_NAME").unwrap_or_else(|_| format!("aether-operator-{:08x}", rand::random::<u32>()));
     let elector =
         crate::leader::Elector::new(client.clone(), &namespace, "aether-operator", &id, Duration::from_secs(15));
-    elector.acquire().await;
+    let since = elector.acquire().await;
     let ctx = Arc::new(Context::new(client.clone(), metrics));
     let managed = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     // Children carry the mesh's name as a label; Nodes and quotas name it in their spec.
@@ -104,6 +104,6 @@ pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
-        why = elector.hold() => anyhow::bail!("lost leadership ({why}); exiting so that only the leader reconciles"),
+        why = elector.hold(since) => anyhow::bail!("lost leadership ({why}); exiting so that only the leader reconciles"),
     }
 }

@@ -122,7 +122,7 @@ async fn a_mesh_becomes_its_children_status_follows_readiness_and_orphans_go() {
 
     assert_eq!(names::<StatefulSet>(&client).await, ["prod-eu", "prod-us"]);
     assert_eq!(names::<Service>(&client).await, ["prod-eu", "prod-eu-mesh", "prod-us", "prod-us-mesh"]);
-    assert_eq!(names::<PodDisruptionBudget>(&client).await, ["prod-eu", "prod-us"]);
+    assert_eq!(names::<PodDisruptionBudget>(&client).await, ["prod-relays"]);
     assert_eq!(names::<NetworkPolicy>(&client).await, ["prod-eu", "prod-us"]);
     let cm = Api::<ConfigMap>::namespaced(client.clone(), "aether").get("prod-mesh").await.unwrap();
     let data = cm.data.unwrap();
@@ -166,7 +166,7 @@ async fn a_mesh_becomes_its_children_status_follows_readiness_and_orphans_go() {
         ("False", "RelaysDoNotReportUsage")
     );
 
-    // prod-us shrinks to one relay (which has handed off): its PDB is an orphan now and goes.
+    // prod-us shrinks to one relay (which has handed off).
     let nodes = Api::<Node>::namespaced(client.clone(), "aether");
     nodes
         .patch("prod-us", &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"replicas": 1}})))
@@ -176,7 +176,14 @@ async fn a_mesh_becomes_its_children_status_follows_readiness_and_orphans_go() {
     *handed_off.state.lock().unwrap() =
         Some(HandoffState { in_membership: false, pending_shards: 0, ..Default::default() });
     reconcile_with(&client, "prod", handed_off).await.unwrap();
-    assert_eq!(names::<PodDisruptionBudget>(&client).await, ["prod-eu"]);
+    assert_eq!(names::<PodDisruptionBudget>(&client).await, ["prod-relays"]);
+    // Without object storage, the compaction CronJob is an orphan and goes.
+    assert_eq!(names::<k8s_openapi::api::batch::v1::CronJob>(&client).await, ["prod-compact"]);
+    let meshes_api = Api::<Mesh>::namespaced(client.clone(), "aether");
+    let no_store = serde_json::json!({"spec": {"objectStorage": null}});
+    meshes_api.patch("prod", &PatchParams::default(), &Patch::Merge(&no_store)).await.unwrap();
+    reconcile_with(&client, "prod", handed_off_relays()).await.unwrap();
+    assert!(names::<k8s_openapi::api::batch::v1::CronJob>(&client).await.is_empty());
     assert!(reasons(&client).await.contains(&"Pruned".to_string()));
     // A user's Service with copied labels (as `kubectl expose` makes) is not ours to prune.
     let user: Service = serde_json::from_value(serde_json::json!({
@@ -271,8 +278,14 @@ async fn deleting_a_mesh_runs_its_cleanup_and_drops_only_its_finalizer() {
     let m = &mut inputs.meshes[0];
     m.metadata.finalizers = Some(vec![FINALIZER.into(), "example.com/other".into()]);
     m.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    // One of its Nodes is being deleted too: with no mesh to drain into, it is released.
+    let us = &mut inputs.nodes[1];
+    us.metadata.finalizers = Some(vec![aether_operator::controller::NODE_FINALIZER.into()]);
+    us.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
     let client = cluster(inputs).await;
     reconcile(&client, "prod").await.unwrap();
+    let node = Api::<Node>::namespaced(client.clone(), "aether").get_opt("prod-us").await.unwrap();
+    assert!(node.is_none_or(|n| n.finalizers().is_empty()), "a Node of a deleted mesh is stuck");
     let mesh = Api::<Mesh>::namespaced(client.clone(), "aether").get("prod").await.unwrap();
     assert_eq!(mesh.finalizers(), ["example.com/other".to_string()]);
     assert!(names::<StatefulSet>(&client).await.is_empty(), "a mesh being deleted was built");
@@ -352,13 +365,17 @@ async fn only_one_replica_leads() {
     let ttl = std::time::Duration::from_secs(3);
     let a = Elector::new(client.clone(), "aether", "aether-operator", "replica-a", ttl);
     let b = Elector::new(client.clone(), "aether", "aether-operator", "replica-b", ttl);
-    tokio::time::timeout(std::time::Duration::from_secs(5), a.acquire()).await.expect("a leads");
+    let since = tokio::time::timeout(std::time::Duration::from_secs(5), a.acquire()).await.expect("a leads");
     let waiting = tokio::time::timeout(std::time::Duration::from_millis(1500), b.acquire()).await;
     assert!(waiting.is_err(), "b acquired the Lease a holds");
     a.step_down().await;
     tokio::time::timeout(std::time::Duration::from_secs(5), b.acquire()).await.expect("b takes over");
     // a, no longer the holder, is told so as soon as it tries to renew.
-    let why = tokio::time::timeout(std::time::Duration::from_secs(5), a.hold()).await.expect("a notices");
+    // (Counting from now: a's own Lease would have lapsed by now anyway.)
+    let _ = since;
+    let why = tokio::time::timeout(std::time::Duration::from_secs(5), a.hold(std::time::Instant::now()))
+        .await
+        .expect("a notices");
     assert!(why.contains("another replica"), "{why}");
 }
 
