@@ -65,10 +65,7 @@ pub struct Outcome {
 /// Runs compaction over the selected ledgers.
 pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
     let store = args.store.open()?;
-    let ledgers = match (&args.mesh, &args.node) {
-        (Some(m), Some(n)) => vec![(m.clone(), n.clone())],
-        (m, _) => store.ledgers(m.as_deref()).await?,
-    };
+    let ledgers = store.select(args.mesh.as_deref(), args.node.as_deref()).await?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     let cutoff = now.saturating_sub(args.retain.as_nanos() as u64);
     let mut failed = 0;

@@ -178,6 +178,14 @@ impl Store {
         Ok(Ledger { store: self.store.clone(), base: join(&join(&self.root, mesh), node) })
     }
 
+    /// The ledgers a tool's `--mesh` / `--node` select: one, a mesh's, or all of them.
+    pub async fn select(&self, mesh: Option<&str>, node: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
+        match (mesh, node) {
+            (Some(m), Some(n)) => Ok(vec![(m.to_owned(), n.to_owned())]),
+            (m, _) => self.ledgers(m).await,
+        }
+    }
+
     /// Every ledger in the store (or in one mesh): `(mesh, node)` pairs with a manifest.
     pub async fn ledgers(&self, mesh: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
         let meshes = match mesh {

@@ -54,10 +54,7 @@ pub struct Report {
 /// Runs verify; fails when any ledger has a problem.
 pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let store = args.store.open()?;
-    let ledgers = match (&args.mesh, &args.node) {
-        (Some(m), Some(n)) => vec![(m.clone(), n.clone())],
-        (m, _) => store.ledgers(m.as_deref()).await?,
-    };
+    let ledgers = store.select(args.mesh.as_deref(), args.node.as_deref()).await?;
     if ledgers.is_empty() {
         bail!("no ledger found in {}", args.store.store);
     }

@@ -281,6 +281,21 @@ fn restricted() -> SecurityContext {
     }
 }
 
+/// Pods run as a fixed non-root user with the runtime's default seccomp profile
+/// (Pod Security "restricted"); the data volume is group-owned by it.
+fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        fs_group: Some(65532),
+        ..PodSecurityContext::default()
+    }
+}
+
 /// `aether-ledger` store flags and the credentials, for the sidecar and the init container.
 fn ledger_args(mesh: &Mesh) -> Option<(Vec<String>, Vec<EnvFromSource>)> {
     let os = mesh.spec.object_storage.as_ref()?;
@@ -514,16 +529,7 @@ pub fn build_statefulset(mesh: &Mesh, node: &Node) -> StatefulSet {
         priority_class_name: sched.priority_class_name.clone(),
         // Room for the relay to flush and hand off on SIGTERM.
         termination_grace_period_seconds: Some(60),
-        security_context: Some(PodSecurityContext {
-            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            fs_group: Some(65532),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(pod_security()),
         ..PodSpec::default()
     };
     let pvc = PersistentVolumeClaim {
@@ -740,15 +746,7 @@ pub fn build_compaction(mesh: &Mesh) -> Option<k8s_openapi::api::batch::v1::Cron
             empty_dir: Some(k8s_openapi::api::core::v1::EmptyDirVolumeSource::default()),
             ..Volume::default()
         }]),
-        security_context: Some(PodSecurityContext {
-            seccomp_profile: Some(k8s_openapi::api::core::v1::SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            run_as_non_root: Some(true),
-            run_as_user: Some(65532),
-            ..PodSecurityContext::default()
-        }),
+        security_context: Some(pod_security()),
         ..PodSpec::default()
     };
     Some(CronJob {

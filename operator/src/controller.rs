@@ -970,13 +970,28 @@ async fn service_monitor_crd_exists(ctx: &Context) -> bool {
 /// being deleted, paused, invalid or unparseable), deletion must still finish.
 /// Untyped, so Nodes that no longer parse are released too.
 async fn release_deleting_nodes(ctx: &Context, ns: &str, mesh_name: &str) -> Result<Vec<String>, Error> {
+    release_nodes(ctx, ns, mesh_name, |_| true).await
+}
+
+/// Releases the Nodes of the mesh being deleted that no longer parse (they cannot be drained).
+async fn release_unparseable_deleting(ctx: &Context, ns: &str, mesh_name: &str) -> Result<Vec<String>, Error> {
+    release_nodes(ctx, ns, mesh_name, |n| serde_json::to_value(n).and_then(serde_json::from_value::<Node>).is_err())
+        .await
+}
+
+async fn release_nodes(
+    ctx: &Context,
+    ns: &str,
+    mesh_name: &str,
+    which: impl Fn(&DynamicObject) -> bool,
+) -> Result<Vec<String>, Error> {
     let ar = ApiResource::erase::<Node>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
     let mut released = Vec::new();
     for n in api.list(&ListParams::default()).await.map_err(kube_err("listing Nodes"))? {
         let mine = n.data.get("spec").and_then(|s| s.get("mesh")).and_then(|m| m.as_str()) == Some(mesh_name);
         let held = n.finalizers().iter().any(|f| f == NODE_FINALIZER);
-        if !(mine && held && n.metadata.deletion_timestamp.is_some()) {
+        if !(mine && held && n.metadata.deletion_timestamp.is_some() && which(&n)) {
             continue;
         }
         let rest: Vec<&String> = n.finalizers().iter().filter(|f| *f != NODE_FINALIZER).collect();
@@ -987,27 +1002,6 @@ async fn release_deleting_nodes(ctx: &Context, ns: &str, mesh_name: &str) -> Res
         released.push(n.name_any());
     }
     Ok(released)
-}
-
-/// Releases (drain finalizer removed) Nodes of the mesh that are being deleted and do not parse.
-async fn release_unparseable_deleting(ctx: &Context, ns: &str, mesh_name: &str) -> Result<Vec<String>, Error> {
-    let ar = ApiResource::erase::<Node>(&());
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &ar);
-    let mut out = Vec::new();
-    for n in api.list(&ListParams::default()).await.map_err(kube_err("listing Nodes"))? {
-        let parses = serde_json::to_value(&n).and_then(serde_json::from_value::<Node>).is_ok();
-        let mine = n.data.get("spec").and_then(|s| s.get("mesh")).and_then(|m| m.as_str()) == Some(mesh_name);
-        if parses || !mine || n.metadata.deletion_timestamp.is_none() {
-            continue;
-        }
-        let rest: Vec<&String> = n.finalizers().iter().filter(|f| *f != NODE_FINALIZER).collect();
-        let patch = serde_json::json!({ "metadata": { "finalizers": rest, "resourceVersion": n.resource_version() } });
-        api.patch(&n.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .map_err(kube_err(format!("releasing Node {}", n.name_any())))?;
-        out.push(n.name_any());
-    }
-    Ok(out)
 }
 
 /// The cleanup half: children go with their owner references (garbage

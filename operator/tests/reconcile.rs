@@ -28,15 +28,19 @@ fn examples() -> Inputs {
     i
 }
 
-async fn cluster(inputs: Inputs) -> Client {
-    let mut b = ClientBuilder::new()
+/// The in-memory API server with the operator's kinds and their status subresources.
+fn builder() -> ClientBuilder {
+    ClientBuilder::new()
         .with_resource::<Mesh>()
         .with_resource::<Node>()
         .with_resource::<ClientQuota>()
         .with_status_subresource::<Mesh>()
         .with_status_subresource::<Node>()
         .with_status_subresource::<ClientQuota>()
-        .with_status_subresource::<StatefulSet>();
+}
+
+async fn cluster(inputs: Inputs) -> Client {
+    let mut b = builder().with_status_subresource::<StatefulSet>();
     for m in inputs.meshes {
         b = b.with_object(m);
     }
@@ -434,19 +438,12 @@ async fn a_failed_apply_errs_backs_off_and_recovers() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let failing = Arc::new(AtomicBool::new(true));
     let f = failing.clone();
-    let mut b = ClientBuilder::new()
-        .with_resource::<Mesh>()
-        .with_resource::<Node>()
-        .with_resource::<ClientQuota>()
-        .with_status_subresource::<Mesh>()
-        .with_status_subresource::<Node>()
-        .with_status_subresource::<ClientQuota>()
-        .with_interceptor_funcs(kube_fake_client::interceptor::Funcs::new().patch(move |ctx| {
-            if f.load(Ordering::SeqCst) && ctx.name == "prod-us" && ctx.patch["kind"] == "StatefulSet" {
-                return Err(kube_fake_client::Error::Internal("injected: etcd is unavailable".into()));
-            }
-            Ok(None)
-        }));
+    let mut b = builder().with_interceptor_funcs(kube_fake_client::interceptor::Funcs::new().patch(move |ctx| {
+        if f.load(Ordering::SeqCst) && ctx.name == "prod-us" && ctx.patch["kind"] == "StatefulSet" {
+            return Err(kube_fake_client::Error::Internal("injected: etcd is unavailable".into()));
+        }
+        Ok(None)
+    }));
     let inputs = examples();
     for m in inputs.meshes {
         b = b.with_object(m);
@@ -473,17 +470,11 @@ async fn a_failed_apply_errs_backs_off_and_recovers() {
 async fn a_malformed_node_is_reported_and_freezes_the_mesh() {
     let mut inputs = examples();
     inputs.nodes.truncate(1);
-    let mut b = ClientBuilder::new()
-        .with_resource::<Mesh>()
-        .with_resource::<Node>()
-        .with_resource::<ClientQuota>()
-        .with_status_subresource::<Mesh>()
-        .with_status_subresource::<Node>()
-        .with_runtime_objects(vec![serde_json::json!({
-            "apiVersion": "aethermesh.io/v1alpha1", "kind": "Node",
-            "metadata": {"name": "broken", "namespace": "aether"},
-            "spec": {"mesh": "prod", "cloud": "us-east", "replicas": "three"}
-        })]);
+    let mut b = builder().with_runtime_objects(vec![serde_json::json!({
+        "apiVersion": "aethermesh.io/v1alpha1", "kind": "Node",
+        "metadata": {"name": "broken", "namespace": "aether"},
+        "spec": {"mesh": "prod", "cloud": "us-east", "replicas": "three"}
+    })]);
     for m in inputs.meshes {
         b = b.with_object(m);
     }
@@ -604,13 +595,7 @@ async fn deleting_a_node_drains_it_before_it_goes() {
     let us = &mut inputs.nodes[1];
     us.metadata.finalizers = Some(vec![NODE_FINALIZER.into()]);
     us.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
-    let mut b = ClientBuilder::new()
-        .with_resource::<Mesh>()
-        .with_resource::<Node>()
-        .with_resource::<ClientQuota>()
-        .with_status_subresource::<Mesh>()
-        .with_status_subresource::<Node>()
-        .with_object(sts);
+    let mut b = builder().with_object(sts);
     for m in inputs.meshes {
         b = b.with_object(m);
     }
