@@ -25,7 +25,7 @@ use object_store::path::Path as ObjectPath;
 use crate::format;
 use crate::manifest::{self, Change, FileEntry, Manifest, SnapshotEntry};
 use crate::progress::Progress;
-use crate::store::{Ledger, Store, StoreArgs};
+use crate::store::{Ledger, Selection, Store, StoreArgs};
 
 /// `aether-ledger compact` flags.
 #[derive(Debug, Clone, Args)]
@@ -33,12 +33,9 @@ pub struct CompactArgs {
     /// Store settings.
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Only this mesh.
-    #[arg(long)]
-    pub mesh: Option<String>,
-    /// Only this relay (needs --mesh).
-    #[arg(long, requires = "mesh")]
-    pub node: Option<String>,
+    /// Which ledgers.
+    #[command(flatten)]
+    pub select: Selection,
     /// Keep point-in-time restores possible for this long (e.g. `168h`; `0` keeps only the newest state).
     #[arg(long, env = "AETHER_LEDGER_RETAIN", default_value = "168h", value_parser = parse_duration)]
     pub retain: Duration,
@@ -65,7 +62,7 @@ pub struct Outcome {
 /// Runs compaction over the selected ledgers.
 pub async fn run(args: CompactArgs) -> anyhow::Result<()> {
     let store = args.store.open()?;
-    let ledgers = store.select(args.mesh.as_deref(), args.node.as_deref()).await?;
+    let ledgers = store.select(&args.select).await?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
     let cutoff = now.saturating_sub(args.retain.as_nanos() as u64);
     let mut failed = 0;

@@ -308,13 +308,17 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// A segment entry for unit tests: sequence number and predecessor, the rest dummies.
+#[cfg(test)]
+pub(crate) fn test_segment(seq: u64, prev: u64) -> SegmentEntry {
+    SegmentEntry { seq, prev, bytes: 1, crc32c: 0, ops: 1, min_wall_ns: 0, max_wall_ns: 0, object: None }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn seg(seq: u64, prev: u64) -> SegmentEntry {
-        SegmentEntry { seq, prev, bytes: 1, crc32c: 0, ops: 1, min_wall_ns: 0, max_wall_ns: 0, object: None }
-    }
+    use super::test_segment as seg;
 
     #[test]
     fn chains_reveal_gaps() {

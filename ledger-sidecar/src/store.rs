@@ -53,6 +53,17 @@ pub struct StoreArgs {
     pub request_retry_timeout: std::time::Duration,
 }
 
+/// Which ledgers a store-wide tool (`compact`, `verify`) works on.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Selection {
+    /// Only this mesh.
+    #[arg(long)]
+    pub mesh: Option<String>,
+    /// Only this relay (needs --mesh).
+    #[arg(long, requires = "mesh")]
+    pub node: Option<String>,
+}
+
 /// A ledger's objects: the store and the prefix `<mesh>/<node>`.
 #[derive(Debug, Clone)]
 pub struct Ledger {
@@ -178,11 +189,11 @@ impl Store {
         Ok(Ledger { store: self.store.clone(), base: join(&join(&self.root, mesh), node) })
     }
 
-    /// The ledgers a tool's `--mesh` / `--node` select: one, a mesh's, or all of them.
-    pub async fn select(&self, mesh: Option<&str>, node: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
-        match (mesh, node) {
-            (Some(m), Some(n)) => Ok(vec![(m.to_owned(), n.to_owned())]),
-            (m, _) => self.ledgers(m).await,
+    /// The ledgers `sel` selects: one, a mesh's, or all of them.
+    pub async fn select(&self, sel: &Selection) -> anyhow::Result<Vec<(String, String)>> {
+        match (&sel.mesh, &sel.node) {
+            (Some(m), Some(n)) => Ok(vec![(m.clone(), n.clone())]),
+            (m, _) => self.ledgers(m.as_deref()).await,
         }
     }
 

@@ -17,7 +17,7 @@ use object_store::path::Path as ObjectPath;
 use crate::format;
 use crate::manifest::{self, Manifest};
 use crate::progress::Progress;
-use crate::store::{Ledger, Store, StoreArgs};
+use crate::store::{Ledger, Selection, Store, StoreArgs};
 
 /// `aether-ledger verify` flags.
 #[derive(Debug, Clone, Args)]
@@ -25,12 +25,9 @@ pub struct VerifyArgs {
     /// Store settings.
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Only this mesh.
-    #[arg(long)]
-    pub mesh: Option<String>,
-    /// Only this relay (needs --mesh).
-    #[arg(long, requires = "mesh")]
-    pub node: Option<String>,
+    /// Which ledgers.
+    #[command(flatten)]
+    pub select: Selection,
     /// Objects checked at once.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64).map(|v| v as usize))]
     pub concurrency: usize,
@@ -54,7 +51,7 @@ pub struct Report {
 /// Runs verify; fails when any ledger has a problem.
 pub async fn run(args: VerifyArgs) -> anyhow::Result<()> {
     let store = args.store.open()?;
-    let ledgers = store.select(args.mesh.as_deref(), args.node.as_deref()).await?;
+    let ledgers = store.select(&args.select).await?;
     if ledgers.is_empty() {
         bail!("no ledger found in {}", args.store.store);
     }
@@ -181,11 +178,8 @@ pub fn gaps(m: &Manifest) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::{SegmentEntry, SnapshotEntry};
-
-    fn seg(seq: u64, prev: u64) -> SegmentEntry {
-        SegmentEntry { seq, prev, bytes: 1, crc32c: 0, ops: 1, min_wall_ns: 0, max_wall_ns: 0, object: None }
-    }
+    use crate::manifest::SnapshotEntry;
+    use crate::manifest::test_segment as seg;
 
     #[test]
     fn gaps_bridged_by_a_snapshot_are_not_gaps() {

@@ -230,21 +230,7 @@ async fn killing_the_sidecar_mid_upload_leaves_no_duplicate_or_missing_segment()
     let _shipper = Shipper::start(data.path(), "relay-0", &store, &[]);
     wait_shipped(&relay).await;
 
-    let opened = aether_ledger::store::StoreArgs {
-        store: "s3://ledger/kill".into(),
-        s3_endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
-        s3_region: Some("us-east-1".into()),
-        s3_virtual_hosted: false,
-        allow_http: true,
-        store_option: vec![],
-        request_retry_timeout: std::time::Duration::from_secs(3),
-    };
-    // SAFETY: set before any thread of this test reads the environment for credentials.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-    }
-    let ledger = opened.open().unwrap().ledger("default", "relay-0").unwrap();
+    let ledger = open_store(&store).ledger("default", "relay-0").unwrap();
     let m = manifest::load(&ledger).await.unwrap().expect("a manifest");
     let seqs: Vec<u64> = m.segments.iter().map(|s| s.seq).collect();
     let mut unique = seqs.clone();
@@ -438,16 +424,7 @@ async fn a_dir_that_ran_without_a_sidecar_starts_its_ledger_with_a_snapshot() {
     wait_shipped(&relay).await;
     let live = digests(&relay).await;
 
-    let opened = aether_ledger::store::StoreArgs {
-        store: format!("file://{}", store_dir.path().display()),
-        s3_endpoint: None,
-        s3_region: None,
-        s3_virtual_hosted: false,
-        allow_http: false,
-        store_option: vec![],
-        request_retry_timeout: std::time::Duration::from_secs(3),
-    };
-    let stored = opened.open().unwrap().ledger("default", "r").unwrap();
+    let stored = open_store(&store).ledger("default", "r").unwrap();
     let m = manifest::load(&stored).await.unwrap().expect("a manifest");
     let first = m.snapshots.first().expect("the ledger starts with a snapshot");
     assert!(m.segments.iter().all(|s| s.seq > first.covers), "a segment the snapshot covers was shipped");
@@ -495,34 +472,10 @@ async fn signed_requests_round_trip_and_a_wrong_key_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_manifest_updates_never_lose_one() {
     let moto = Moto::start();
-    // SAFETY: set before any thread of this test reads the environment for credentials.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-    }
     let file_dir = tempdir();
-    let stores = [
-        aether_ledger::store::StoreArgs {
-            store: "s3://ledger/race".into(),
-            s3_endpoint: Some(format!("http://127.0.0.1:{}", moto.port)),
-            s3_region: Some("us-east-1".into()),
-            s3_virtual_hosted: false,
-            allow_http: true,
-            store_option: vec![],
-            request_retry_timeout: std::time::Duration::from_secs(3),
-        },
-        aether_ledger::store::StoreArgs {
-            store: format!("file://{}", file_dir.path().display()),
-            s3_endpoint: None,
-            s3_region: None,
-            s3_virtual_hosted: false,
-            allow_http: false,
-            store_option: vec![],
-            request_retry_timeout: std::time::Duration::from_secs(3),
-        },
-    ];
-    for args in stores {
-        let ledger = args.open().unwrap().ledger("m", "n").unwrap();
+    let stores = [moto.store_args("race"), file_store(file_dir.path())];
+    for flags in stores {
+        let ledger = open_store(&flags).ledger("m", "n").unwrap();
         let conflicts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let mut tasks = Vec::new();
         for w in 0..16u64 {
@@ -566,8 +519,8 @@ async fn concurrent_manifest_updates_never_lose_one() {
         let mut seqs: Vec<u64> = m.segments.iter().map(|s| s.seq).collect();
         seqs.sort_unstable();
         let want: Vec<u64> = (0..16u64).flat_map(|w| (0..4).map(move |k| w * 100 + k + 1)).collect();
-        assert_eq!(seqs, want, "{}: an update was lost", args.store);
-        assert_eq!(m.generation, 64, "{}", args.store);
-        assert!(conflicts.load(std::sync::atomic::Ordering::Relaxed) > 0, "{}: the writers never raced", args.store);
+        assert_eq!(seqs, want, "{}: an update was lost", flags[1]);
+        assert_eq!(m.generation, 64, "{}", flags[1]);
+        assert!(conflicts.load(std::sync::atomic::Ordering::Relaxed) > 0, "{}: the writers never raced", flags[1]);
     }
 }

@@ -578,6 +578,16 @@ pub fn build_statefulset(mesh: &Mesh, node: &Node) -> StatefulSet {
     }
 }
 
+/// A Service port forwarding to the container port of the same name.
+fn named_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        ..ServicePort::default()
+    }
+}
+
 /// A Node's headless Service: stable pod DNS names for membership and gRPC.
 pub fn build_headless_service(mesh: &Mesh, node: &Node) -> Service {
     Service {
@@ -587,12 +597,7 @@ pub fn build_headless_service(mesh: &Mesh, node: &Node) -> Service {
             // Peers must reach a relay while it boots, before it is Ready.
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(node)),
-            ports: Some(vec![ServicePort {
-                name: Some("mesh".into()),
-                port: MESH_PORT,
-                target_port: Some(IntOrString::String("mesh".into())),
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![named_port("mesh", MESH_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()
@@ -605,12 +610,7 @@ pub fn build_client_service(mesh: &Mesh, node: &Node) -> Service {
         metadata: meta(node.name_any(), node, pod_labels(mesh, node)),
         spec: Some(ServiceSpec {
             selector: Some(selector_labels(node)),
-            ports: Some(vec![ServicePort {
-                name: Some("client".into()),
-                port: CLIENT_PORT,
-                target_port: Some(IntOrString::String("client".into())),
-                ..ServicePort::default()
-            }]),
+            ports: Some(vec![named_port("client", CLIENT_PORT)]),
             ..ServiceSpec::default()
         }),
         ..Service::default()

@@ -49,24 +49,10 @@ impl Moto {
         moto
     }
 
-    /// Store flags for the bucket, under `prefix`.
+    /// Store flags for the bucket, under `prefix` (short client timeouts: the outage
+    /// test freezes the server).
     pub fn store_args(&self, prefix: &str) -> Vec<String> {
-        [
-            "--store",
-            &format!("s3://ledger/{prefix}"),
-            "--s3-endpoint",
-            &format!("http://127.0.0.1:{}", self.port),
-            "--s3-region",
-            "us-east-1",
-            "--allow-http",
-            "--store-option",
-            "timeout=2s,connect_timeout=1s",
-            "--request-retry-timeout",
-            "3s",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        s3_store_args(self.port, prefix, &["--store-option", "timeout=2s,connect_timeout=1s"])
     }
 
     /// Freezes the server (SIGSTOP): connections hang, as with a store that went away.
@@ -122,17 +108,7 @@ impl S3sFs {
 
     /// Store flags for the bucket, under `prefix`.
     pub fn store_args(&self, prefix: &str) -> Vec<String> {
-        args(&[
-            "--store",
-            &format!("s3://ledger/{prefix}"),
-            "--s3-endpoint",
-            &format!("http://127.0.0.1:{}", self.port),
-            "--s3-region",
-            "us-east-1",
-            "--allow-http",
-            "--request-retry-timeout",
-            "3s",
-        ])
+        s3_store_args(self.port, prefix, &[])
     }
 }
 
@@ -141,6 +117,42 @@ impl Drop for S3sFs {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `aether-ledger` store flags for bucket `ledger` of a local S3 server on `port`.
+fn s3_store_args(port: u16, prefix: &str, extra: &[&str]) -> Vec<String> {
+    let mut v = args(&[
+        "--store",
+        &format!("s3://ledger/{prefix}"),
+        "--s3-endpoint",
+        &format!("http://127.0.0.1:{port}"),
+        "--s3-region",
+        "us-east-1",
+        "--allow-http",
+        "--request-retry-timeout",
+        "3s",
+    ]);
+    v.extend(args(extra));
+    v
+}
+
+/// Opens a store in the test process from the same flags the binary takes,
+/// with the credentials of [`S3_ENV`].
+pub fn open_store(flags: &[String]) -> aether_ledger::store::Store {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        store: aether_ledger::store::StoreArgs,
+    }
+    // SAFETY: tests set the same fixed values; nothing reads them concurrently with a change.
+    unsafe {
+        for (k, v) in S3_ENV {
+            std::env::set_var(k, v);
+        }
+    }
+    let parsed = Flags::try_parse_from(std::iter::once("test".to_string()).chain(flags.iter().cloned())).unwrap();
+    parsed.store.open().unwrap()
 }
 
 /// Environment for `aether-ledger` against moto (which accepts any key) and s3s-fs (which checks them).
