@@ -45,8 +45,18 @@ async fn every_reconcile_is_an_exported_span() {
         controller::reconcile(Arc::new(mesh), ctx.clone()).await.unwrap();
         assert!(ctx.metrics.render().contains("aether_operator_reconciles_total{result=\"ok\"} 1"));
     }
-    drop(telemetry); // flushes
-    let got = received.lock().unwrap().clone();
-    let reconciles = got.iter().filter(|(svc, name, _)| svc == "aether-operator" && name == "reconcile").count();
+    // The batch processor exports every 50 ms; wait for both spans (with a
+    // deadline) rather than rely on the flush at shutdown racing an export.
+    let count = || {
+        let got = received.lock().unwrap().clone();
+        let n = got.iter().filter(|(svc, name, _)| svc == "aether-operator" && name == "reconcile").count();
+        (n, got)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while count().0 < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(telemetry);
+    let (reconciles, got) = count();
     assert_eq!(reconciles, 2, "spans received: {got:?}");
 }
