@@ -12,7 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.bytes(["."]);
     tonic_prost_build::configure().build_transport(false).compile_with_config(
         config,
-        &["proto/aether/v1/ledger.proto", "proto/aether/v1/mesh.proto"],
+        &["proto/aether/v1/ledger.proto", "proto/aether/v1/mesh.proto", "proto/aether/client/v1/client.proto"],
         &["proto"],
     )?;
     Ok(())

@@ -94,10 +94,23 @@ pub fn entry_hash(key: &[u8], entry: &Entry) -> u128 {
 pub type MapHasher = foldhash::fast::RandomState;
 
 /// A last-writer-wins map: key → (value | tombstone, stamp).
+///
+/// Every change also gets a local sequence number (1, 2, …, in the order this
+/// map applied them; never persisted or compared across replicas), so a
+/// reader that saw everything up to seq N can be sent exactly the entries
+/// changed after it ([`Space::changed_since`]).
 #[derive(Debug, Clone, Default)]
 pub struct Space {
-    entries: HashMap<Key, Entry, MapHasher>,
+    entries: HashMap<Key, Slot, MapHasher>,
     live: usize,
+    seq: u64,
+}
+
+/// An entry and the local seq of its last change.
+#[derive(Debug, Clone)]
+struct Slot {
+    entry: Entry,
+    seq: u64,
 }
 
 impl Space {
@@ -124,47 +137,60 @@ impl Space {
         K: Borrow<[u8]> + Into<Key>,
     {
         if let Some(current) = self.entries.get_mut(key.borrow()) {
-            if stamp < current.stamp {
+            if stamp < current.entry.stamp {
                 return Merge::Superseded;
             }
-            if stamp == current.stamp {
+            if stamp == current.entry.stamp {
                 return Merge::Duplicate;
             }
-            match (current.value.is_some(), is_set) {
+            match (current.entry.value.is_some(), is_set) {
                 (true, false) => self.live -= 1,
                 (false, true) => self.live += 1,
                 _ => {}
             }
-            *current = Entry { value: value(), stamp };
+            self.seq += 1;
+            *current = Slot { entry: Entry { value: value(), stamp }, seq: self.seq };
             return Merge::Applied;
         }
         if is_set {
             self.live += 1;
         }
-        self.entries.insert(key.into(), Entry { value: value(), stamp });
+        self.seq += 1;
+        self.entries.insert(key.into(), Slot { entry: Entry { value: value(), stamp }, seq: self.seq });
         Merge::Applied
+    }
+
+    /// The seq of the last change applied (0 for a new map).
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Entries (tombstones included) whose last change has a seq above
+    /// `seq`: everything a reader that saw up to `seq` is missing.
+    pub fn changed_since(&self, seq: u64) -> impl Iterator<Item = (&Key, &Entry)> {
+        self.entries.iter().filter(move |(_, s)| s.seq > seq).map(|(k, s)| (k, &s.entry))
     }
 
     /// Merges every entry of `other` into this space (replica merge).
     pub fn absorb(&mut self, other: Space) {
-        if self.entries.is_empty() {
+        if self.entries.is_empty() && self.seq == 0 {
             *self = other;
             return;
         }
         self.entries.reserve(other.entries.len());
-        for (key, entry) in other.entries {
-            self.merge_owned(key, entry.value, entry.stamp);
+        for (key, slot) in other.entries {
+            self.merge_owned(key, slot.entry.value, slot.entry.stamp);
         }
     }
 
     /// The entry for `key`, tombstones included.
     pub fn get(&self, key: &[u8]) -> Option<&Entry> {
-        self.entries.get(key)
+        self.entries.get(key).map(|s| &s.entry)
     }
 
     /// The live value for `key` (`None` when absent or deleted).
     pub fn value(&self, key: &[u8]) -> Option<&Bytes> {
-        self.entries.get(key).and_then(|e| e.value.as_ref())
+        self.entries.get(key).and_then(|s| s.entry.value.as_ref())
     }
 
     /// Number of entries, tombstones included.
@@ -184,24 +210,24 @@ impl Space {
 
     /// Every entry, tombstones included, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
-        self.entries.iter()
+        self.entries.iter().map(|(k, s)| (k, &s.entry))
     }
 
     /// Live keys and their values, in no particular order.
     pub fn live(&self) -> impl Iterator<Item = (&Key, &Bytes)> {
-        self.entries.iter().filter_map(|(k, e)| e.value.as_ref().map(|v| (k, v)))
+        self.entries.iter().filter_map(|(k, s)| s.entry.value.as_ref().map(|v| (k, v)))
     }
 
     /// The greatest stamp of any entry.
     pub fn max_stamp(&self) -> Option<Stamp> {
-        self.entries.values().map(|e| e.stamp).max()
+        self.entries.values().map(|s| s.entry.stamp).max()
     }
 
     /// The order-independent digest of all entries.
     pub fn digest(&self) -> Digest {
         let mut d = Digest::default();
-        for (k, e) in &self.entries {
-            d.add(k, e);
+        for (k, s) in &self.entries {
+            d.add(k, &s.entry);
         }
         d
     }
@@ -229,6 +255,26 @@ mod tests {
         assert_eq!(s.merge(b"k", Some(b"new"), st(21, 2)), Merge::Applied);
         assert_eq!(s.value(b"k").map(|v| &v[..]), Some(&b"new"[..]));
         assert_eq!(s.live_len(), 1);
+    }
+
+    #[test]
+    fn changed_since_is_exactly_what_changed_after_a_seq() {
+        let mut s = Space::new();
+        s.merge(b"a", Some(b"1"), st(10, 1));
+        s.merge(b"b", Some(b"1"), st(10, 1));
+        let seen = s.seq();
+        assert_eq!(seen, 2);
+        assert_eq!(s.merge(b"a", Some(b"old"), st(5, 1)), Merge::Superseded);
+        assert_eq!(s.merge(b"b", Some(b"1"), st(10, 1)), Merge::Duplicate);
+        assert_eq!(s.seq(), seen, "ops that change nothing take no seq");
+        s.merge(b"b", None, st(11, 1));
+        s.merge(b"c", Some(b"2"), st(12, 1));
+        s.merge(b"c", Some(b"3"), st(13, 1));
+        let mut changed: Vec<_> = s.changed_since(seen).map(|(k, e)| (k.to_vec(), e.value.clone())).collect();
+        changed.sort();
+        assert_eq!(changed, vec![(b"b".to_vec(), None), (b"c".to_vec(), Some(Bytes::from_static(b"3")))]);
+        assert_eq!(s.changed_since(s.seq()).count(), 0);
+        assert_eq!(s.changed_since(0).count(), 3);
     }
 
     #[test]

@@ -7,3 +7,12 @@ pub mod v1 {
     #![allow(missing_docs, clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/aether.v1.rs"));
 }
+
+/// `aether.client.v1`: the native client protocol (`/v1/ws` and QUIC `aether/1`).
+pub mod client {
+    /// Version 1.
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all)]
+        include!(concat!(env!("OUT_DIR"), "/aether.client.v1.rs"));
+    }
+}
