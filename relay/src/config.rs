@@ -186,6 +186,11 @@ pub struct RelayArgs {
     /// How often the clouds file is re-read.
     #[arg(long, env = "AETHER_CLOUDS_POLL", default_value = "2s", value_parser = parse_positive_duration)]
     pub clouds_poll: Duration,
+    /// Also serve the native protocol over QUIC (UDP, ALPN `aether/1`) on this address. Uses
+    /// `--tls-cert`/`--tls-key` when set; otherwise a self-signed certificate for localhost,
+    /// written to `<data-dir>/quic-cert.pem` for clients to trust.
+    #[arg(long, env = "AETHER_QUIC_LISTEN")]
+    pub quic_listen: Option<SocketAddr>,
     /// Storage settings.
     #[command(flatten)]
     pub storage: StorageArgs,
@@ -269,6 +274,15 @@ pub struct LimitArgs {
     /// Proxies (IPs or CIDRs) whose `X-Forwarded-For` header is believed. Repeat or comma-separate.
     #[arg(long = "trusted-proxy", env = "AETHER_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
+    /// Spaces one native connection (or QUIC stream) may subscribe to.
+    #[arg(long, env = "AETHER_LIMIT_SPACES_PER_CONN", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536).map(|v| v as usize))]
+    pub limit_spaces_per_conn: usize,
+    /// Ops in one native `write`.
+    #[arg(long, env = "AETHER_LIMIT_OPS_PER_WRITE", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536).map(|v| v as usize))]
+    pub limit_ops_per_write: usize,
+    /// Ops in one `catchup` chunk (chunks also stay under half of --limit-frame-bytes).
+    #[arg(long, env = "AETHER_LIMIT_CATCHUP_OPS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=65536).map(|v| v as usize))]
+    pub limit_catchup_ops: usize,
     /// Interval of keep-alive pings to each client.
     #[arg(long, env = "AETHER_PING_INTERVAL", default_value = "20s", value_parser = parse_positive_duration)]
     pub ping_interval: Duration,

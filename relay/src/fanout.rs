@@ -13,24 +13,88 @@ use tokio::sync::{Notify, mpsc};
 /// One applied op, encoded lazily (once per wire format) for its subscribers.
 #[derive(Debug)]
 pub struct OpEvent {
+    /// The space it applies to.
+    pub space: Arc<str>,
     /// Key (UTF-8).
     pub key: Key,
-    /// Value (JSON text for browser clients), `None` for a delete.
+    /// Value (JSON text), `None` for a delete.
     pub value: Option<Bytes>,
     /// Stamp given by the relay or the client.
     pub stamp: Stamp,
+    /// The space's seq after this op (0 for a writer's echo sent before the
+    /// op applied here, as for a write forwarded by an edge).
+    pub seq: u64,
     json: OnceLock<Utf8Bytes>,
 }
 
 impl OpEvent {
-    /// An event for an applied op.
-    pub fn new(key: Key, value: Option<Bytes>, stamp: Stamp) -> Self {
-        Self { key, value, stamp, json: OnceLock::new() }
+    /// An event for an op of `space`, applied at `seq`.
+    pub fn new(space: Arc<str>, key: Key, value: Option<Bytes>, stamp: Stamp, seq: u64) -> Self {
+        Self { space, key, value, stamp, seq, json: OnceLock::new() }
     }
 
     /// The browser JSON encoding (`set` or `delete`), built by the first caller.
     pub fn json(&self) -> Utf8Bytes {
         self.json.get_or_init(|| crate::gateway::json_wire::encode_op(&self.key, self.value.as_deref())).clone()
+    }
+}
+
+/// A session's presence in a space (or its departure), relayed to the others.
+#[derive(Debug)]
+pub struct PresenceEvent {
+    /// The space.
+    pub space: Arc<str>,
+    /// The session's presence id.
+    pub session: Arc<str>,
+    /// The session's colour.
+    pub color: Arc<str>,
+    /// A JSON object; empty when the session left.
+    pub state: Bytes,
+    /// The browser JSON encoding, if it has one (`/ws` clients only know cursors).
+    json: OnceLock<Option<Utf8Bytes>>,
+}
+
+impl PresenceEvent {
+    /// A presence state (a JSON object's text) or, with an empty `state`, a departure.
+    pub fn new(space: Arc<str>, session: Arc<str>, color: Arc<str>, state: Bytes) -> Self {
+        Self { space, session, color, state, json: OnceLock::new() }
+    }
+
+    /// A `/ws` client's cursor.
+    pub fn cursor(space: Arc<str>, session: Arc<str>, color: Arc<str>, x: i64, y: i64) -> Self {
+        let json = crate::gateway::json_wire::encode_presence(&session, &color, x, y);
+        let state = Bytes::from(format!(r#"{{"x":{x},"y":{y}}}"#));
+        Self { space, session, color, state, json: OnceLock::from(Some(json)) }
+    }
+
+    /// The same session's departure.
+    pub fn left(&self) -> Self {
+        Self::new(self.space.clone(), self.session.clone(), self.color.clone(), Bytes::new())
+    }
+
+    /// True for a departure.
+    pub fn is_leave(&self) -> bool {
+        self.state.is_empty()
+    }
+
+    /// The `/ws` encoding: `presence` with the state's integer `x` and `y`, or
+    /// `presence-leave`; `None` for a state without a cursor.
+    pub fn json(&self) -> Option<Utf8Bytes> {
+        self.json
+            .get_or_init(|| {
+                use crate::gateway::json_wire::{encode_presence, encode_presence_leave};
+                if self.is_leave() {
+                    return Some(encode_presence_leave(&self.session));
+                }
+                #[derive(serde::Deserialize)]
+                struct Cursor {
+                    x: i64,
+                    y: i64,
+                }
+                let c: Cursor = serde_json::from_slice(&self.state).ok()?;
+                Some(encode_presence(&self.session, &self.color, c.x, c.y))
+            })
+            .clone()
     }
 }
 
@@ -50,7 +114,9 @@ pub enum Outbound {
         /// The write quorum, when it is above 1: the echo also waits for it.
         quorum: Option<tokio::sync::watch::Receiver<crate::replication::QuorumState>>,
     },
-    /// A pre-encoded JSON message (presence, presence-leave).
+    /// A session's presence or departure.
+    Presence(Arc<PresenceEvent>),
+    /// A pre-encoded `/ws` JSON message (an error for a `/ws` writer).
     Text(Utf8Bytes),
 }
 

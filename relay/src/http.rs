@@ -114,3 +114,33 @@ pub async fn admin_spaces(State(ctx): State<Arc<GatewayCtx>>) -> Response {
         .collect();
     axum::Json(serde_json::json!({ "spaces": spaces })).into_response()
 }
+
+/// `GET /v1/spaces`: the spaces this relay holds in memory, for clients (the
+/// CLI's `spaces`), with `Authorization: Bearer TOKEN` when the relay has a
+/// client token.
+pub async fn spaces(State(ctx): State<Arc<GatewayCtx>>, headers: axum::http::HeaderMap) -> Response {
+    if ctx.auth_token.is_some() {
+        let given = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !ctx.token_ok(given) {
+            let body = axum::Json(serde_json::json!({ "error": "auth failed: send Authorization: Bearer TOKEN" }));
+            return (StatusCode::UNAUTHORIZED, body).into_response();
+        }
+    }
+    let spaces: Vec<serde_json::Value> = ctx
+        .relay
+        .hubs()
+        .iter()
+        .map(|h| {
+            let (entries, live) = {
+                let inner = h.lock();
+                (inner.space.len(), inner.space.live_len())
+            };
+            serde_json::json!({ "name": h.name().to_string(), "entries": entries, "live": live })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "spaces": spaces })).into_response()
+}

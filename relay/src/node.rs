@@ -7,16 +7,37 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use aether_core::{Hlc, Key, Op, OpRef, Space, Stamp};
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::config::AckMode;
-use crate::fanout::{OpEvent, Outbound, Subscriber};
+use crate::fanout::{OpEvent, Outbound, PresenceEvent, Subscriber};
 use crate::metrics::Metrics;
 use crate::replication::edge::ForwardError;
 use crate::replication::{Mesh, QuorumState, to_pb};
-use crate::space::{Joined, SpaceHub};
+use crate::space::{Catchup, Joined, Resume, SpaceHub};
+
+/// What a resuming subscriber is sent (see [`Relay::join_resume`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// Every entry.
+    Full,
+    /// The entries changed since the subscriber's seq.
+    Delta,
+    /// The entries of the buckets whose digests differ.
+    Buckets,
+}
+
+/// What became of one client-stamped op (see [`Relay::write_stamped`]).
+#[derive(Debug)]
+pub enum Stamped {
+    /// Applied, or already there: acknowledge once `Applied` is satisfied.
+    Applied(Applied),
+    /// Lost its LWW race: the key holds `winner` (with a greater stamp).
+    Superseded(aether_core::Entry),
+    /// Forwarded to the space's owner (this relay is an edge for it).
+    Forwarded(tokio::sync::oneshot::Receiver<Result<Option<aether_core::Entry>, crate::replication::edge::Refused>>),
+}
 use crate::wal::{AppendError, Durable, Recovery, State, Wal};
 
 /// A running relay's shared state.
@@ -31,6 +52,9 @@ pub struct Relay {
     shutting_down: AtomicBool,
     recovery: Recovery,
     mesh: Option<Arc<Mesh>>,
+    /// Random per process: resume epochs from another process are not trusted.
+    boot: u64,
+    max_skew_ns: u64,
 }
 
 /// A write was not applied.
@@ -53,6 +77,8 @@ pub struct Applied {
     pub lsn: u64,
     /// The write quorum, when it is above 1.
     pub quorum: Option<watch::Receiver<QuorumState>>,
+    /// When the op lost its LWW race: the entry that beat it.
+    pub beaten_by: Option<aether_core::Entry>,
 }
 
 /// Wall-clock time in nanoseconds since the Unix epoch.
@@ -96,6 +122,61 @@ impl Relay {
             shutting_down: AtomicBool::new(false),
             recovery,
             mesh,
+            boot: rand::random(),
+            max_skew_ns,
+        }
+    }
+
+    /// When writers are acknowledged.
+    pub fn ack_mode(&self) -> AckMode {
+        self.ack
+    }
+
+    /// Stamps further than this ahead of the relay's clock are refused.
+    pub fn max_skew_ns(&self) -> u64 {
+        self.max_skew_ns
+    }
+
+    /// This relay's name: its member name in a mesh, `dev` otherwise.
+    pub fn name(&self) -> String {
+        self.mesh.as_ref().map_or_else(|| "dev".to_owned(), |m| m.view().me.clone())
+    }
+
+    /// The resume epoch of `hub` in this process (see [`Relay::resume_from`]).
+    pub fn epoch(&self, hub: &SpaceHub) -> [u8; 16] {
+        let mut e = [0u8; 16];
+        e[..8].copy_from_slice(&self.boot.to_be_bytes());
+        e[8..].copy_from_slice(&hub.incarnation().to_be_bytes());
+        e
+    }
+
+    /// Subscribes `sub` to space `name` (created empty on first use) and
+    /// returns what it is missing: the entries changed after `seq` when
+    /// `epoch` is this process's epoch of the space's hub, else the buckets
+    /// that differ from `digests` (when given), else everything.
+    pub fn join_resume(
+        &self,
+        name: &str,
+        sub: Subscriber,
+        epoch: &[u8],
+        seq: u64,
+        digests: Option<&[aether_core::space::Digest]>,
+    ) -> (Arc<SpaceHub>, Catchup, Sync) {
+        loop {
+            let hub = self.hub(name, true);
+            let (resume, kind) = if epoch == self.epoch(&hub) {
+                (Resume::Since(seq), Sync::Delta)
+            } else if let Some(d) = digests {
+                (Resume::Buckets(d), Sync::Buckets)
+            } else {
+                (Resume::Full, Sync::Full)
+            };
+            let Some(catchup) = hub.join_resume(sub.clone(), resume) else { continue };
+            let current = self.spaces.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned();
+            if current.is_some_and(|c| Arc::ptr_eq(&c, &hub)) {
+                return (hub, catchup, kind);
+            }
+            hub.unsubscribe(sub.conn);
         }
     }
 
@@ -199,11 +280,10 @@ impl Relay {
         }
     }
 
-    /// Unsubscribes connection `conn` from `hub` and announces it left
-    /// (`leave` is the encoded `presence-leave`). A space left with no
-    /// subscribers and no entries is forgotten, so clients cannot grow the
-    /// registry by visiting names.
-    pub fn leave(&self, hub: &Arc<SpaceHub>, conn: u64, leave: Utf8Bytes) {
+    /// Unsubscribes connection `conn` from `hub` and announces it left (see
+    /// [`SpaceHub::leave`]). A space left with no subscribers and no entries
+    /// is forgotten, so clients cannot grow the registry by visiting names.
+    pub fn leave(&self, hub: &Arc<SpaceHub>, conn: u64, leave: Option<Arc<PresenceEvent>>) {
         if hub.leave(conn, leave) || hub.is_cache() {
             self.forget_if_unused(hub);
         }
@@ -280,10 +360,11 @@ impl Relay {
             let value = value.map(Bytes::copy_from_slice);
             let op = to_pb(hub.name(), key, value.as_ref(), stamp, self.actor);
             let is_set = value.is_some();
-            let event = Arc::new(OpEvent::new(Key::from(key), value, stamp));
+            let event = Arc::new(OpEvent::new(hub.name().clone(), Key::from(key), value, stamp, 0));
             let trace = crate::telemetry::traceparent();
-            let out = crate::replication::edge::Outgoing { op, trace, stamp, event, received };
-            mesh.edges.forward(hub.name(), writer, out)?;
+            let reply = crate::replication::edge::Reply::Echo { writer: writer.clone(), event };
+            let out = crate::replication::edge::Outgoing { op, trace, stamp, reply, received };
+            mesh.edges.forward(hub.name(), writer.conn, out)?;
             if is_set { &self.metrics.ops_set } else { &self.metrics.ops_delete }.inc();
             return Ok(());
         }
@@ -299,7 +380,7 @@ impl Relay {
             let shard = m.view().shard_of(hub.name());
             m.replicate(shard, to_pb(hub.name(), &key, value.as_ref(), stamp, self.actor))
         });
-        let event = Arc::new(OpEvent::new(key, value, stamp));
+        let event = Arc::new(OpEvent::new(hub.name().clone(), key, value, stamp, inner.space.seq()));
         let fanout_started = Instant::now();
         let mut delivered = 0usize;
         for s in &inner.subscribers {
@@ -323,6 +404,81 @@ impl Relay {
         self.metrics.fanout_latency.observe(fanout_started.elapsed().as_secs_f64());
         self.metrics.fanout_size.observe(delivered as f64);
         Ok(())
+    }
+
+    /// Applies a client-stamped op for connection `conn` (a native client):
+    /// log, merge, fan out to everyone but `conn`, replicate; or forward it to
+    /// the owner when this relay is an edge for the space. The caller checked
+    /// the stamp (its actor, its skew). Nothing is applied if the WAL refuses.
+    pub fn write_stamped(
+        &self,
+        hub: &SpaceHub,
+        conn: u64,
+        key: &[u8],
+        value: Option<Bytes>,
+        stamp: Stamp,
+        received: Instant,
+    ) -> Result<Stamped, WriteError> {
+        {
+            let mut hlc = self.hlc.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = hlc.observe(stamp, now_ns());
+        }
+        if hub.is_cache()
+            && let Some(mesh) = &self.mesh
+            && let view = mesh.view()
+            && !view.is_owner(view.shard_of(hub.name()))
+        {
+            // The cache never holds more than the owner: a greater stamp here is there too.
+            if let Some(e) = hub.lock().space.get(key).filter(|e| e.stamp > stamp) {
+                return Ok(Stamped::Superseded(e.clone()));
+            }
+            let is_set = value.is_some();
+            let op = to_pb(hub.name(), key, value.as_ref(), stamp, self.actor);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let reply = crate::replication::edge::Reply::Native(tx);
+            let trace = crate::telemetry::traceparent();
+            let out = crate::replication::edge::Outgoing { op, trace, stamp, reply, received };
+            mesh.edges.forward(hub.name(), conn, out)?;
+            if is_set { &self.metrics.ops_set } else { &self.metrics.ops_delete }.inc();
+            return Ok(Stamped::Forwarded(rx));
+        }
+        let mut inner = hub.lock();
+        let promoted = self.promote_locked(hub, &mut inner)?;
+        let outcome = match inner.space.get(key) {
+            Some(e) if e.stamp > stamp => Stamped::Superseded(e.clone()),
+            // A retry or a hedge: acknowledged once what is logged is durable.
+            Some(e) if e.stamp == stamp => {
+                Stamped::Applied(Applied { lsn: self.wal.last_lsn(), quorum: None, beaten_by: None })
+            }
+            _ => {
+                let lsn = self.wal.append(OpRef {
+                    space: hub.name(),
+                    key,
+                    value: value.as_deref(),
+                    stamp,
+                    origin: self.actor,
+                })?;
+                let key = Key::from(key);
+                inner.space.merge_owned(key.clone(), value.clone(), stamp);
+                if value.is_some() { &self.metrics.ops_set } else { &self.metrics.ops_delete }.inc();
+                let quorum = self.mesh.as_ref().and_then(|m| {
+                    let shard = m.view().shard_of(hub.name());
+                    m.replicate(shard, to_pb(hub.name(), &key, value.as_ref(), stamp, self.actor))
+                });
+                let event = Arc::new(OpEvent::new(hub.name().clone(), key, value, stamp, inner.space.seq()));
+                let mut delivered = 0usize;
+                for s in inner.subscribers.iter().filter(|s| s.conn != conn) {
+                    delivered += usize::from(s.offer(Outbound::Op(event.clone())));
+                }
+                self.metrics.fanout_size.observe(delivered as f64);
+                Stamped::Applied(Applied { lsn, quorum, beaten_by: None })
+            }
+        };
+        drop(inner);
+        if promoted {
+            self.stop_following(hub);
+        }
+        Ok(outcome)
     }
 
     /// Applies an op that arrived stamped (from a peer, an edge or
@@ -366,7 +522,9 @@ impl Relay {
             // A stamp from too far in the future is merged but does not drag this clock along.
             let _ = hlc.observe(op.stamp, now_ns());
         }
-        let wins = inner.space.get(&op.key).is_none_or(|e| e.stamp < op.stamp);
+        let current = inner.space.get(&op.key);
+        let wins = current.is_none_or(|e| e.stamp < op.stamp);
+        let beaten_by = current.filter(|e| e.stamp > op.stamp).cloned();
         // An edge cache's entries are not in this WAL: an op that loses to one of them is logged anyway.
         let lsn = if wins || hub.is_cache() { self.wal.append(op.as_ref())? } else { self.wal.last_lsn() };
         let quorum = if replicate {
@@ -380,12 +538,12 @@ impl Relay {
         if wins {
             let key = Key::from(op.key.clone());
             inner.space.merge_owned(key.clone(), op.value.clone(), op.stamp);
-            let event = Arc::new(OpEvent::new(key, op.value.clone(), op.stamp));
+            let event = Arc::new(OpEvent::new(hub.name().clone(), key, op.value.clone(), op.stamp, inner.space.seq()));
             for s in &inner.subscribers {
                 s.offer(Outbound::Op(event.clone()));
             }
         }
-        Ok((Applied { lsn, quorum }, promoted))
+        Ok((Applied { lsn, quorum, beaten_by }, promoted))
     }
 
     /// Turns an edge cache into logged state once this relay owns its space:

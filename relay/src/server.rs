@@ -183,14 +183,29 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
     let router = Router::new()
         .route("/", get(http::index))
         .route("/ws", get(ws_json::handler))
+        .route("/v1/ws", get(crate::gateway::native::ws::handler))
         .route("/healthz", get(http::healthz))
         .route("/readyz", get(http::readyz))
         .route("/metrics", get(http::metrics))
         .route("/v1/admin/shards", get(http::admin_shards))
         .route("/v1/admin/spaces", get(http::admin_spaces))
+        .route("/v1/spaces", get(http::spaces))
         .route("/v1/clouds", get(crate::clouds::list))
         .route("/v1/clouds/{cloud}", get(crate::clouds::one))
         .with_state(ctx.clone());
+
+    if let Some(quic_addr) = args.quic_listen {
+        use crate::gateway::native::quic;
+        let cert_key = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
+        let (endpoint, cert_file) = quic::endpoint(quic_addr, cert_key, &args.storage.data_dir, &ctx)?;
+        let bound = endpoint.local_addr()?;
+        // Scripts and tests wait for this line too.
+        println!("aether-relay QUIC listening on quic://{bound}");
+        if let Some(file) = cert_file {
+            tracing::info!(cert = %file.display(), "QUIC uses a self-signed certificate for localhost; clients must trust this file");
+        }
+        tokio::spawn(quic::serve(ctx.clone(), endpoint));
+    }
 
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;

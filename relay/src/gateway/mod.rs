@@ -1,7 +1,9 @@
 //! Client gateways. `ws_json` serves the browser JSON protocol at `/ws`;
-//! `json_wire` is its sans-IO message codec.
+//! `json_wire` is its sans-IO message codec. `native` serves the native
+//! protocol at `/v1/ws` (protobuf or JSON) and over QUIC.
 
 pub mod json_wire;
+pub mod native;
 pub mod ws_json;
 
 use std::sync::Arc;
@@ -29,4 +31,16 @@ pub struct GatewayCtx {
     pub shutdown: watch::Receiver<bool>,
     /// Per-cloud endpoint lists (`--clouds-file`), if configured.
     pub clouds: Option<Arc<crate::clouds::Clouds>>,
+}
+
+impl GatewayCtx {
+    /// True when `given` is the client token (or the relay requires none).
+    /// Fixed-size digests are compared in constant time, revealing neither
+    /// the token's bytes nor its length.
+    pub fn token_ok(&self, given: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let Some(expected) = self.auth_token.as_ref() else { return true };
+        let digest = |t: &str| ring::digest::digest(&ring::digest::SHA256, t.as_bytes());
+        bool::from(digest(given).as_ref().ct_eq(digest(expected).as_ref()))
+    }
 }

@@ -12,13 +12,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use subtle::ConstantTimeEq;
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite;
 
 use super::GatewayCtx;
 use super::json_wire::{self, ClientMsg, WireLimits};
-use crate::fanout::{Outbound, Subscriber};
+use crate::fanout::{Outbound, PresenceEvent, Subscriber};
 use crate::limits::{CapExceeded, ConnSlot, TokenBucket, client_ip};
 use crate::replication::QuorumState;
 use crate::space::SpaceHub;
@@ -40,6 +39,17 @@ pub mod close {
     pub const INTERNAL: u16 = 1011;
     /// Connection caps reached, or slow consumer.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// The `aether_disconnects_total` reason of a close code.
+pub fn close_label(code: u16) -> &'static str {
+    match code {
+        close::POLICY => "policy",
+        close::TOO_BIG => "too_big",
+        close::TRY_AGAIN_LATER => "slow_consumer",
+        close::INTERNAL => "internal",
+        _ => "going_away",
+    }
 }
 
 /// Most queued events written before one flush.
@@ -129,30 +139,18 @@ impl Connection {
         };
         metrics.connections.dec();
         if let Some((code, reason)) = end {
-            let label = match code {
-                close::POLICY => "policy",
-                close::TOO_BIG => "too_big",
-                close::TRY_AGAIN_LATER => "slow_consumer",
-                close::INTERNAL => "internal",
-                _ => "going_away",
-            };
-            metrics.disconnects.with_label_values(&[label]).inc();
+            metrics.disconnects.with_label_values(&[close_label(code)]).inc();
             conn.close(code, reason).await;
         }
     }
 
     /// Checks the token (query or first frame) before any state is sent.
     async fn authenticate(&mut self, query_token: Option<String>) -> Result<(), End> {
-        let Some(expected) = self.ctx.auth_token.as_ref() else { return Ok(()) };
-        let expected = token_digest(expected);
+        if self.ctx.auth_token.is_none() {
+            return Ok(());
+        }
         let check = |given: &str| -> Result<(), End> {
-            // Comparing fixed-size digests in constant time reveals neither the
-            // token's bytes nor its length.
-            if bool::from(token_digest(given).as_ref().ct_eq(expected.as_ref())) {
-                Ok(())
-            } else {
-                Err(Some((close::POLICY, "auth failed")))
-            }
+            if self.ctx.token_ok(given) { Ok(()) } else { Err(Some((close::POLICY, "auth failed"))) }
         };
         if let Some(t) = query_token {
             return check(&t);
@@ -197,7 +195,7 @@ impl Connection {
         let kill = sub.kill().clone();
         relay.prepare_join(space, EDGE_JOIN_TIMEOUT).await;
         let (hub, joined) = relay.join(space, sub.clone());
-        let _leave = Leave { relay: relay.clone(), hub: hub.clone(), conn: sub.conn, id: id.clone() };
+        let _leave = Leave { relay: relay.clone(), hub: hub.clone(), conn: sub.conn, id: Arc::from(id.as_str()) };
 
         let limits = self.ctx.limits.clone();
         // Ops queued while the greeting is written, or behind an echo that waits for the
@@ -218,7 +216,7 @@ impl Connection {
                 };
                 sink.feed(Message::Text(json_wire::encode_hello(&id, &color))).await?;
                 sink.feed(Message::Text(snapshot)).await?;
-                for p in joined.presence {
+                for p in joined.presence.iter().filter_map(|p| p.json()) {
                     sink.feed(Message::Text(p)).await?;
                 }
                 sink.flush().await
@@ -343,7 +341,8 @@ impl Connection {
             Ok(ClientMsg::Delete { key }) => relay.write(hub, sub, key.as_bytes(), None, now),
             Ok(ClientMsg::Presence { x, y }) => {
                 relay.metrics().presence.inc();
-                hub.presence(sub.conn, json_wire::encode_presence(id, color, x, y));
+                let (id, color) = (Arc::from(id), Arc::from(color));
+                hub.presence(sub.conn, Arc::new(PresenceEvent::cursor(hub.name().clone(), id, color, x, y)));
                 Ok(())
             }
             // Already authenticated (or auth is off): nothing to do.
@@ -377,10 +376,6 @@ impl Connection {
         })
         .await;
     }
-}
-
-fn token_digest(token: &str) -> ring::digest::Digest {
-    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
 }
 
 fn encode_snapshot(entries: &[(aether_core::Key, bytes::Bytes)]) -> Utf8Bytes {
@@ -474,6 +469,13 @@ async fn write_batch(
         let text = match item {
             Outbound::Op(event) => event.json(),
             Outbound::Text(text) => text,
+            Outbound::Presence(p) => match p.json() {
+                Some(text) => text,
+                None => {
+                    next = backlog.pop_front().or_else(|| rx.try_recv().ok());
+                    continue;
+                }
+            },
             Outbound::Ack { event, lsn, received, quorum } => {
                 let d = *durable.borrow();
                 if d.failed {
@@ -519,11 +521,12 @@ struct Leave {
     relay: Arc<crate::node::Relay>,
     hub: Arc<SpaceHub>,
     conn: u64,
-    id: String,
+    id: Arc<str>,
 }
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        self.relay.leave(&self.hub, self.conn, json_wire::encode_presence_leave(&self.id));
+        let leave = PresenceEvent::new(self.hub.name().clone(), self.id.clone(), Arc::from(""), bytes::Bytes::new());
+        self.relay.leave(&self.hub, self.conn, Some(Arc::new(leave)));
     }
 }

@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use aether_core::edge::{Command, EdgeRouter};
-use aether_core::{Key, Stamp};
+use aether_core::{Entry, Key, Stamp};
 use aether_proto::v1::{EdgeEvent, EdgeRequest, ForwardedOp, Op as PbOp, edge_event, edge_request};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
@@ -66,9 +66,56 @@ struct Forwarded {
     op: PbOp,
     trace: String,
     stamp: Stamp,
-    writer: Subscriber,
-    event: Arc<OpEvent>,
+    reply: Reply,
     received: Instant,
+}
+
+/// How the writer of a forwarded write learns its outcome.
+#[derive(Debug)]
+pub enum Reply {
+    /// A `/ws` client: its echo on acknowledgement, an `error` frame otherwise.
+    Echo {
+        /// The writer.
+        writer: Subscriber,
+        /// Its echo.
+        event: Arc<OpEvent>,
+    },
+    /// A native client's connection task waits for the outcome: acknowledged
+    /// (with the entry that beat the op, if it lost its LWW race) or refused.
+    Native(oneshot::Sender<Result<Option<Entry>, Refused>>),
+}
+
+/// The owner (or the edge) refused a forwarded write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    /// Error code, as on the client protocols.
+    pub code: String,
+    /// Why.
+    pub message: String,
+}
+
+impl Reply {
+    fn acked(self, beaten_by: Option<Entry>) {
+        match self {
+            Reply::Echo { writer, event } => {
+                writer.offer(Outbound::Op(event));
+            }
+            Reply::Native(tx) => {
+                let _ = tx.send(Ok(beaten_by));
+            }
+        }
+    }
+
+    fn refused(self, code: &str, message: &str) {
+        match self {
+            Reply::Echo { writer, .. } => {
+                writer.offer(Outbound::Text(json_wire::encode_error(code, message)));
+            }
+            Reply::Native(tx) => {
+                let _ = tx.send(Err(Refused { code: code.to_owned(), message: message.to_owned() }));
+            }
+        }
+    }
 }
 
 /// The owners of `space` other than this relay, in placement order.
@@ -84,8 +131,8 @@ pub struct Outgoing {
     pub trace: String,
     /// Its stamp.
     pub stamp: Stamp,
-    /// The writer's echo, queued on acknowledgement.
-    pub event: Arc<OpEvent>,
+    /// How the writer learns the outcome.
+    pub reply: Reply,
     /// When the client's message arrived.
     pub received: Instant,
 }
@@ -145,7 +192,7 @@ impl Edges {
         for w in orphans {
             st.by_stamp.remove(&w.stamp);
             let msg = "the relay stopped following this space before its owner confirmed the write";
-            w.writer.offer(Outbound::Text(json_wire::encode_error("write-failed", msg)));
+            w.reply.refused("write-failed", msg);
         }
     }
 
@@ -154,15 +201,16 @@ impl Edges {
         self.lock().router.spaces().map(Arc::from).collect()
     }
 
-    /// Forwards a write stamped here to the space's owner. The writer's echo
-    /// (`w.event`) is queued to it when the owner acknowledges.
-    pub fn forward(&self, space: &Arc<str>, writer: &Subscriber, w: Outgoing) -> Result<(), ForwardError> {
-        let Outgoing { op, trace, stamp, event, received } = w;
+    /// Forwards a write to the space's owner for connection `conn`, which
+    /// learns the outcome through `w.reply` (and does not get the op as an
+    /// event of the cache hub).
+    pub fn forward(&self, space: &Arc<str>, conn: u64, w: Outgoing) -> Result<(), ForwardError> {
+        let Outgoing { op, trace, stamp, reply, received } = w;
         let view = self.view.borrow().clone();
         let mut st = self.lock();
-        let fwd = Forwarded { space: space.clone(), op, trace, stamp, writer: writer.clone(), event, received };
+        let fwd = Forwarded { space: space.clone(), op, trace, stamp, reply, received };
         let (_, cmds) = st.router.forward(space, fwd, owners_of(&view)).map_err(|_| ForwardError::Overloaded)?;
-        st.by_stamp.insert(stamp, writer.conn);
+        st.by_stamp.insert(stamp, conn);
         st.exec(cmds);
         Ok(())
     }
@@ -233,6 +281,11 @@ impl Edges {
             edge_event::Kind::Acks(acks) => {
                 for id in acks.ids {
                     let Some((_, w)) = st.router.acked(id) else { continue };
+                    let beaten_by =
+                        acks.lost.iter().find(|l| l.id == id).and_then(|l| l.winner.clone()).map(|o| Entry {
+                            value: (!o.tombstone).then_some(o.value),
+                            stamp: Stamp { wall_ns: o.wall_ns, counter: o.counter, actor: o.actor },
+                        });
                     // The owner's op event may come before or after its ack (they travel
                     // on different tasks there). Merging the write here, now, makes the
                     // order irrelevant: whichever comes second is a duplicate, and the
@@ -243,14 +296,14 @@ impl Edges {
                     }
                     st.by_stamp.remove(&w.stamp);
                     self.metrics.op_latency_durable.observe(w.received.elapsed().as_secs_f64());
-                    w.writer.offer(Outbound::Op(w.event));
+                    w.reply.acked(beaten_by);
                 }
             }
             edge_event::Kind::Error(err) => {
                 if let Some((_, w)) = st.router.acked(err.id) {
                     st.by_stamp.remove(&w.stamp);
                     let code = if err.code.is_empty() { "write-failed" } else { err.code.as_str() };
-                    w.writer.offer(Outbound::Text(json_wire::encode_error(code, &err.message)));
+                    w.reply.refused(code, &err.message);
                 }
             }
         }
@@ -271,7 +324,7 @@ impl Edges {
                 continue;
             }
             let skip = st.by_stamp.get(&op.stamp).copied();
-            let event = Arc::new(OpEvent::new(key, value, op.stamp));
+            let event = Arc::new(OpEvent::new(hub.name().clone(), key, value, op.stamp, inner.space.seq()));
             for s in inner.subscribers.iter().filter(|s| Some(s.conn) != skip) {
                 s.offer(Outbound::Op(event.clone()));
             }

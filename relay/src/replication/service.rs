@@ -8,7 +8,7 @@ use std::sync::Arc;
 use aether_core::sync::{self, MAX_BUCKETS};
 use aether_proto::v1::mesh_server::Mesh as MeshRpc;
 use aether_proto::v1::{
-    EdgeEvent, EdgeRequest, FetchEntriesReply, FetchEntriesRequest, OpBatch, ReplicateAck, ReplicateBatch,
+    EdgeEvent, EdgeRequest, FetchEntriesReply, FetchEntriesRequest, LostWrite, OpBatch, ReplicateAck, ReplicateBatch,
     ShardDigestReply, ShardDigestRequest, SpaceBucketsReply, SpaceBucketsRequest, SpaceDigest, SpaceSnapshot,
     StatusReply, StatusRequest, WriteAcks, WriteError, edge_event, edge_request,
 };
@@ -312,7 +312,10 @@ impl EdgeSession {
                 }
                 Some((id, result)) = acks.next(), if !acks.is_empty() => {
                     let kind = match result {
-                        Ok(()) => edge_event::Kind::Acks(WriteAcks { ids: vec![id] }),
+                        Ok(beaten_by) => {
+                            let lost = beaten_by.into_iter().map(|w| LostWrite { id, winner: Some(w) }).collect();
+                            edge_event::Kind::Acks(WriteAcks { ids: vec![id], lost })
+                        }
                         Err((code, message)) => edge_event::Kind::Error(WriteError { id, message, code: code.into() }),
                     };
                     if self.tx.send(Ok(event(kind))).await.is_err() {
@@ -396,7 +399,13 @@ fn event(kind: edge_event::Kind) -> EdgeEvent {
 
 /// Resolves when a forwarded write is durable here and at the write quorum.
 /// On failure: the client-facing error code and a message.
-async fn wait_acked(relay: Arc<Relay>, id: u64, applied: Applied) -> (u64, Result<(), (&'static str, String)>) {
+/// Waits until a forwarded write is durable at the write quorum; `Ok` holds
+/// the op that beat it, if it lost its LWW race.
+async fn wait_acked(
+    relay: Arc<Relay>,
+    id: u64,
+    applied: Applied,
+) -> (u64, Result<Option<aether_proto::v1::Op>, (&'static str, String)>) {
     let mut durable = relay.durable();
     match durable.wait_for(|d| d.lsn >= applied.lsn || d.failed).await {
         Ok(d) if !d.failed => {}
@@ -412,5 +421,7 @@ async fn wait_acked(relay: Arc<Relay>, id: u64, applied: Applied) -> (u64, Resul
             }
         }
     }
-    (id, Ok(()))
+    // The edge knows the space and key: the winner carries its value and stamp.
+    let beaten_by = applied.beaten_by.map(|e| super::to_pb("", b"", e.value.as_ref(), e.stamp, 0));
+    (id, Ok(beaten_by))
 }

@@ -22,6 +22,8 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub struct Relay {
     child: Child,
     pub addr: SocketAddr,
+    /// The QUIC address, when started with `--quic-listen`.
+    pub quic: Option<SocketAddr>,
     pub data_dir: PathBuf,
 }
 
@@ -116,9 +118,15 @@ impl Relay {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            // `run` prints its mesh address first; the client listener's line comes last.
-            let first = lines.by_ref().map_while(Result::ok).find(|l| l.starts_with("aether-relay listening on"));
-            let _ = tx.send(first);
+            // `run` prints its mesh (and QUIC) address first; the client listener's line comes last.
+            let mut quic = None;
+            let first = lines.by_ref().map_while(Result::ok).find(|l| {
+                if let Some(a) = l.strip_prefix("aether-relay QUIC listening on quic://") {
+                    quic = a.parse::<SocketAddr>().ok();
+                }
+                l.starts_with("aether-relay listening on")
+            });
+            let _ = tx.send(first.map(|l| (l, quic)));
             for _ in lines {}
         });
         let Ok(line) = rx.recv_timeout(DEADLINE) else {
@@ -126,7 +134,7 @@ impl Relay {
             let _ = child.wait();
             return Err("no listening line in time".into());
         };
-        let Some(line) = line else {
+        let Some((line, quic)) = line else {
             // The relay exited: its stderr reaches EOF, so the reader thread ends.
             let _ = child.wait();
             let _ = stderr_reader.join();
@@ -134,12 +142,23 @@ impl Relay {
         };
         let url = line.rsplit(' ').next().unwrap_or_default();
         let addr = url.split("://").nth(1).and_then(|a| a.parse().ok()).ok_or(format!("bad line {line:?}"))?;
-        Ok(Relay { child, addr, data_dir: data_dir.to_owned() })
+        Ok(Relay { child, addr, quic, data_dir: data_dir.to_owned() })
     }
 
     /// `ws://ADDR/ws?QUERY`.
     pub fn ws_url(&self, query: &str) -> String {
         format!("ws://{}/ws?{query}", self.addr)
+    }
+
+    /// The process id (for SIGSTOP / SIGCONT).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `STOP`, `CONT`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([&format!("-{signal}"), &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -{signal} failed");
     }
 
     /// SIGKILL, no chance to flush anything.
