@@ -453,7 +453,8 @@ pub fn node_id(dir: &Path) -> io::Result<u64> {
         Ok(s) => u64::from_str_radix(s.trim(), 16)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let id = rand::random::<u64>() | 1;
+            // The top bit is clear: ids with it set belong to native clients' actors.
+            let id = (rand::random::<u64>() & !(1 << 63)) | 1;
             let tmp = dir.join("node-id.tmp");
             let mut f = File::create(&tmp)?;
             writeln!(f, "{id:016x}")?;
