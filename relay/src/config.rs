@@ -188,7 +188,7 @@ pub struct RelayArgs {
     pub clouds_poll: Duration,
     /// Also serve the native protocol over QUIC (UDP, ALPN `aether/1`) on this address. Uses
     /// `--tls-cert`/`--tls-key` when set; otherwise a self-signed certificate for localhost,
-    /// written to `<data-dir>/quic-cert.pem` for clients to trust.
+    /// kept in `<data-dir>/quic-cert.pem` (and `quic-key.pem`) for clients to trust.
     #[arg(long, env = "AETHER_QUIC_LISTEN")]
     pub quic_listen: Option<SocketAddr>,
     /// Storage settings.

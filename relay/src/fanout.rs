@@ -173,6 +173,11 @@ impl Subscriber {
     /// Queues `item` without waiting; a full queue marks the connection as a
     /// slow consumer instead of delaying the sender. Returns false when dropped.
     pub fn offer(&self, item: Outbound) -> bool {
+        // Once an item was dropped, nothing more is queued: the connection
+        // must not deliver anything past the gap (it closes, and resumes).
+        if self.kill.is_triggered() {
+            return false;
+        }
         match self.tx.try_send(item) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {

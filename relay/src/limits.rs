@@ -26,11 +26,18 @@ impl TokenBucket {
 
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now: Instant) -> bool {
+        self.try_take_n(1, now)
+    }
+
+    /// Takes `n` tokens (at most a full bucket: a cost above the burst could
+    /// never be paid) if there are that many.
+    pub fn try_take_n(&mut self, n: usize, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let cost = (n.max(1) as f64).min(self.burst);
+        if self.tokens >= cost {
+            self.tokens -= cost;
             true
         } else {
             false
@@ -45,6 +52,16 @@ pub enum CapExceeded {
     Total,
     /// The per-IP cap.
     PerIp,
+}
+
+impl CapExceeded {
+    /// The close reason and the `aether_disconnects_total` label.
+    pub fn reason_and_label(self) -> (&'static str, &'static str) {
+        match self {
+            CapExceeded::Total => ("connection limit reached", "conn_cap_total"),
+            CapExceeded::PerIp => ("connection limit per address reached", "conn_cap_ip"),
+        }
+    }
 }
 
 #[derive(Debug, Default)]

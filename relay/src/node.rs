@@ -31,11 +31,11 @@ pub enum Sync {
 /// What became of one client-stamped op (see [`Relay::write_stamped`]).
 #[derive(Debug)]
 pub enum Stamped {
-    /// Applied, or already there: acknowledge once `Applied` is satisfied.
+    /// Applied, already there, or beaten (`Applied::beaten_by`): acknowledge
+    /// once `Applied` is satisfied.
     Applied(Applied),
-    /// Lost its LWW race: the key holds `winner` (with a greater stamp).
-    Superseded(aether_core::Entry),
-    /// Forwarded to the space's owner (this relay is an edge for it).
+    /// Forwarded to the space's owner (this relay is an edge for it), which
+    /// decides whether it wins and when it is durable at the quorum.
     Forwarded(tokio::sync::oneshot::Receiver<Result<Option<aether_core::Entry>, crate::replication::edge::Refused>>),
 }
 use crate::wal::{AppendError, Durable, Recovery, State, Wal};
@@ -67,6 +67,9 @@ pub enum WriteError {
     #[error(transparent)]
     Forward(#[from] ForwardError),
 }
+
+/// A write logged by its owner: its LSN, the write quorum to wait for, its event.
+type Logged = (u64, Option<watch::Receiver<QuorumState>>, Arc<OpEvent>);
 
 /// What a write applied by this relay as an owner must wait for before it is
 /// acknowledged.
@@ -142,7 +145,7 @@ impl Relay {
         self.mesh.as_ref().map_or_else(|| "dev".to_owned(), |m| m.view().me.clone())
     }
 
-    /// The resume epoch of `hub` in this process (see [`Relay::resume_from`]).
+    /// The resume epoch of `hub` in this process (see [`Relay::join_resume`]).
     pub fn epoch(&self, hub: &SpaceHub) -> [u8; 16] {
         let mut e = [0u8; 16];
         e[..8].copy_from_slice(&self.boot.to_be_bytes());
@@ -371,16 +374,8 @@ impl Relay {
         let mut inner = hub.lock();
         let promoted = self.promote_locked(hub, &mut inner)?;
         let stamp = self.tick();
-        let lsn = self.wal.append(OpRef { space: hub.name(), key, value, stamp, origin: self.actor })?;
-        let key = Key::from(key);
-        let value = value.map(Bytes::copy_from_slice);
-        inner.space.merge_owned(key.clone(), value.clone(), stamp);
-        if value.is_some() { &self.metrics.ops_set } else { &self.metrics.ops_delete }.inc();
-        let quorum = self.mesh.as_ref().and_then(|m| {
-            let shard = m.view().shard_of(hub.name());
-            m.replicate(shard, to_pb(hub.name(), &key, value.as_ref(), stamp, self.actor))
-        });
-        let event = Arc::new(OpEvent::new(hub.name().clone(), key, value, stamp, inner.space.seq()));
+        let (lsn, quorum, event) =
+            self.log_and_merge(hub, &mut inner, key, value.map(Bytes::copy_from_slice), stamp)?;
         let fanout_started = Instant::now();
         let mut delivered = 0usize;
         for s in &inner.subscribers {
@@ -428,10 +423,6 @@ impl Relay {
             && let view = mesh.view()
             && !view.is_owner(view.shard_of(hub.name()))
         {
-            // The cache never holds more than the owner: a greater stamp here is there too.
-            if let Some(e) = hub.lock().space.get(key).filter(|e| e.stamp > stamp) {
-                return Ok(Stamped::Superseded(e.clone()));
-            }
             let is_set = value.is_some();
             let op = to_pb(hub.name(), key, value.as_ref(), stamp, self.actor);
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -445,27 +436,17 @@ impl Relay {
         let mut inner = hub.lock();
         let promoted = self.promote_locked(hub, &mut inner)?;
         let outcome = match inner.space.get(key) {
-            Some(e) if e.stamp > stamp => Stamped::Superseded(e.clone()),
-            // A retry or a hedge: acknowledged once what is logged is durable.
-            Some(e) if e.stamp == stamp => {
-                Stamped::Applied(Applied { lsn: self.wal.last_lsn(), quorum: None, beaten_by: None })
+            // Lost, or a retry / hedge of what is there: acknowledged like a
+            // write once what is there is durable here (its record is at or
+            // before the last LSN) and at the write quorum (pushed again:
+            // replication is idempotent).
+            Some(e) if e.stamp >= stamp => {
+                let quorum = self.replicate(hub.name(), key, e.value.as_ref(), e.stamp, self.actor);
+                let beaten_by = (e.stamp > stamp).then(|| e.clone());
+                Stamped::Applied(Applied { lsn: self.wal.last_lsn(), quorum, beaten_by })
             }
             _ => {
-                let lsn = self.wal.append(OpRef {
-                    space: hub.name(),
-                    key,
-                    value: value.as_deref(),
-                    stamp,
-                    origin: self.actor,
-                })?;
-                let key = Key::from(key);
-                inner.space.merge_owned(key.clone(), value.clone(), stamp);
-                if value.is_some() { &self.metrics.ops_set } else { &self.metrics.ops_delete }.inc();
-                let quorum = self.mesh.as_ref().and_then(|m| {
-                    let shard = m.view().shard_of(hub.name());
-                    m.replicate(shard, to_pb(hub.name(), &key, value.as_ref(), stamp, self.actor))
-                });
-                let event = Arc::new(OpEvent::new(hub.name().clone(), key, value, stamp, inner.space.seq()));
+                let (lsn, quorum, event) = self.log_and_merge(hub, &mut inner, key, value, stamp)?;
                 let mut delivered = 0usize;
                 for s in inner.subscribers.iter().filter(|s| s.conn != conn) {
                     delivered += usize::from(s.offer(Outbound::Op(event.clone())));
@@ -527,14 +508,8 @@ impl Relay {
         let beaten_by = current.filter(|e| e.stamp > op.stamp).cloned();
         // An edge cache's entries are not in this WAL: an op that loses to one of them is logged anyway.
         let lsn = if wins || hub.is_cache() { self.wal.append(op.as_ref())? } else { self.wal.last_lsn() };
-        let quorum = if replicate {
-            self.mesh.as_ref().and_then(|m| {
-                let shard = m.view().shard_of(&op.space);
-                m.replicate(shard, to_pb(&op.space, &op.key, op.value.as_ref(), op.stamp, op.origin))
-            })
-        } else {
-            None
-        };
+        let quorum =
+            if replicate { self.replicate(&op.space, &op.key, op.value.as_ref(), op.stamp, op.origin) } else { None };
         if wins {
             let key = Key::from(op.key.clone());
             inner.space.merge_owned(key.clone(), op.value.clone(), op.stamp);
@@ -544,6 +519,42 @@ impl Relay {
             }
         }
         Ok((Applied { lsn, quorum, beaten_by }, promoted))
+    }
+
+    /// The owner's half of a write that wins (call with the hub locked): log
+    /// it, merge it, count it, push it to the other owners. Returns its LSN,
+    /// the write quorum to wait for, and the event to fan out.
+    fn log_and_merge(
+        &self,
+        hub: &SpaceHub,
+        inner: &mut crate::space::SpaceInner,
+        key: &[u8],
+        value: Option<Bytes>,
+        stamp: Stamp,
+    ) -> Result<Logged, WriteError> {
+        let op = OpRef { space: hub.name(), key, value: value.as_deref(), stamp, origin: self.actor };
+        let lsn = self.wal.append(op)?;
+        let key = Key::from(key);
+        inner.space.merge_owned(key.clone(), value.clone(), stamp);
+        if value.is_some() { &self.metrics.ops_set } else { &self.metrics.ops_delete }.inc();
+        let quorum = self.replicate(hub.name(), &key, value.as_ref(), stamp, self.actor);
+        let event = Arc::new(OpEvent::new(hub.name().clone(), key, value, stamp, inner.space.seq()));
+        Ok((lsn, quorum, event))
+    }
+
+    /// Pushes an op to the other owners of its shard; the write quorum to
+    /// wait for, when it is above 1 (`None` in dev mode).
+    fn replicate(
+        &self,
+        space: &str,
+        key: &[u8],
+        value: Option<&Bytes>,
+        stamp: Stamp,
+        origin: u64,
+    ) -> Option<watch::Receiver<QuorumState>> {
+        let m = self.mesh.as_ref()?;
+        let shard = m.view().shard_of(space);
+        m.replicate(shard, to_pb(space, key, value, stamp, origin))
     }
 
     /// Turns an edge cache into logged state once this relay owns its space:

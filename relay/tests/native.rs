@@ -79,7 +79,7 @@ const B: u64 = CLIENT | 2;
 #[tokio::test]
 async fn a_client_back_on_the_same_relay_gets_exactly_what_it_missed() {
     let dir = tempdir();
-    let mut relay = Relay::start(dir.path(), &["--limit-msgs-per-sec", "100000"]);
+    let mut relay = Relay::start(dir.path(), &["--limit-msgs-per-sec", "100000", "--limit-burst", "100000"]);
     let (mut a, _) = Native::hello(relay.addr, false, A, "").await;
     let (mut b, _) = Native::hello(relay.addr, true, B, "").await;
     a.subscribe(subscribe("doc")).await;
@@ -154,8 +154,18 @@ async fn a_client_back_on_the_same_relay_gets_exactly_what_it_missed() {
 async fn a_client_moving_to_another_relay_gets_only_the_buckets_that_differ() {
     let ports = [free_port(), free_port()];
     let dirs = [tempdir(), tempdir()];
-    let extra =
-        ["--shards", "8", "--replication", "2", "--limit-msgs-per-sec", "100000", "--anti-entropy-interval", "1s"];
+    let extra = [
+        "--shards",
+        "8",
+        "--replication",
+        "2",
+        "--limit-msgs-per-sec",
+        "1e5",
+        "--limit-burst",
+        "100000",
+        "--anti-entropy-interval",
+        "1s",
+    ];
     let peer = |i: usize| vec![format!("r{}=127.0.0.1:{}", i + 1, ports[i])];
     let r1 = Relay::start_member("r1", ports[0], &peer(1), dirs[0].path(), &extra);
     let r2 = Relay::start_member("r2", ports[1], &peer(0), dirs[1].path(), &extra);
@@ -239,7 +249,10 @@ async fn the_loser_of_a_concurrent_write_through_an_edge_is_told_what_won() {
 #[tokio::test]
 async fn large_catchups_come_in_bounded_chunks() {
     let dir = tempdir();
-    let relay = Relay::start(dir.path(), &["--limit-catchup-ops", "300", "--limit-msgs-per-sec", "100000"]);
+    let relay = Relay::start(
+        dir.path(),
+        &["--limit-catchup-ops", "300", "--limit-msgs-per-sec", "100000", "--limit-burst", "100000"],
+    );
     let (mut b, _) = Native::hello(relay.addr, false, B, "").await;
     b.subscribe(subscribe("many")).await;
     for w in 0..10u64 {
@@ -323,3 +336,38 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 }
 
 use futures_util::SinkExt as _;
+
+#[tokio::test]
+async fn over_the_rate_a_write_is_refused_and_the_connection_stays() {
+    let dir = tempdir();
+    let relay = Relay::start(dir.path(), &["--limit-msgs-per-sec", "1", "--limit-burst", "5"]);
+    let (mut c, w) = Native::hello(relay.addr, false, A, "").await;
+    let limits = w.limits.unwrap();
+    assert_eq!((limits.ops_per_sec, limits.burst), (1.0, 5), "the rate is advertised");
+    c.send(C::Subscribe(subscribe("slow"))).await;
+    c.catchup().await;
+    // Ten ops cost at most a full bucket (4 tokens are left after the subscribe: refused).
+    let ops = (0..10).map(|i| set(&format!("k{i}"), "1", 10 + i, A)).collect();
+    c.send(write(1, "slow", ops)).await;
+    match c.recv().await {
+        S::Error(e) => assert_eq!((e.id, e.code.as_str(), e.fatal), (1, "rate-limited", false)),
+        other => panic!("expected rate-limited, got {other:?}"),
+    }
+    // Once the bucket has refilled (1 token/s), the same write goes through on
+    // the same connection; retries meanwhile are refused, not fatal.
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    loop {
+        let ops = (0..10).map(|i| set(&format!("k{i}"), "1", 10 + i, A)).collect();
+        c.send(write(2, "slow", ops)).await;
+        match c.recv().await {
+            S::Ack(a) if a.id == 2 => break,
+            S::Error(e) if e.code == "rate-limited" && !e.fatal => {
+                assert!(tokio::time::Instant::now() < deadline, "the bucket never refilled");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (ops, _) = Native::hello(relay.addr, false, B, "").await.0.subscribe(subscribe("slow")).await;
+    assert_eq!(ops.len(), 10, "the refused write changed nothing, the accepted one everything");
+}

@@ -32,7 +32,11 @@ fn endpoint(ca_pem: &std::path::Path, alpn: &[u8]) -> quinn::Endpoint {
     tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_millis(200)));
+    config.transport_config(Arc::new(transport));
+    ep.set_default_client_config(config);
     ep
 }
 
@@ -156,5 +160,28 @@ async fn a_stream_that_does_not_start_with_hello_is_refused() {
     match s.recv().await {
         S::Error(e) => assert_eq!((e.code.as_str(), e.fatal), ("hello-required", true)),
         other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_only_listens_outlives_the_idle_timeout() {
+    let dir = tempdir();
+    let relay =
+        Relay::start(dir.path(), &["--quic-listen", "127.0.0.1:0", "--idle-timeout", "1s", "--ping-interval", "200ms"]);
+    let ep = endpoint(&dir.path().join("quic-cert.pem"), b"aether/1");
+    let conn = ep.connect(relay.quic.unwrap(), "localhost").unwrap().await.unwrap();
+    let mut control = Stream::open(&conn).await;
+    control.send(C::Hello(pb::Hello { version: 1, actor: ACTOR, ..Default::default() })).await;
+    assert!(matches!(control.recv().await, S::Welcome(_)));
+    let mut listen = Stream::open(&conn).await;
+    listen.subscribe("quiet").await;
+    // Wall time must pass here: the stream sends nothing for 2.5 idle timeouts
+    // (the connection itself stays alive through QUIC keep-alives).
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let (mut writer, _, _) = Client::join(&relay.ws_url("space=quiet")).await;
+    writer.send(serde_json::json!({"type": "set", "key": "k", "value": 1})).await;
+    match listen.recv().await {
+        S::Changes(c) => assert_eq!(c.ops[0].key, "k"),
+        other => panic!("expected the change, got {other:?}"),
     }
 }

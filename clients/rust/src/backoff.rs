@@ -21,11 +21,9 @@ impl Backoff {
 
     /// The delay before the next attempt; `unit` is a random number in `[0, 1)`.
     pub fn next_delay(&mut self, unit: f64) -> Duration {
-        let exp = self.min.saturating_mul(1u32 << self.attempt.min(20));
-        let d = exp.min(self.max);
+        let d = nth_delay(self.min, self.max, self.attempt, unit);
         self.attempt = self.attempt.saturating_add(1);
-        let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
-        d / 2 + d.mul_f64(unit / 2.0)
+        d
     }
 
     /// Failed attempts since the last [`Backoff::reset`].
@@ -37,6 +35,15 @@ impl Backoff {
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
+}
+
+/// The delay before attempt `n` (0-based) of an exponential backoff between
+/// `min` and `max` with equal jitter (`unit` in `[0, 1)`): uniformly in
+/// `[d/2, d]` where `d = min(max, min·2ⁿ)`. [`Backoff`] without the state.
+pub fn nth_delay(min: Duration, max: Duration, n: u32, unit: f64) -> Duration {
+    let d = min.saturating_mul(1u32 << n.min(20)).min(max.max(min));
+    let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
+    d / 2 + d.mul_f64(unit / 2.0)
 }
 
 #[cfg(test)]
@@ -59,5 +66,14 @@ mod tests {
         b.reset();
         assert_eq!(b.attempts(), 0);
         assert_eq!(b.next_delay(0.0), ms(50));
+    }
+
+    #[test]
+    fn nth_delay_is_the_stateless_form() {
+        let ms = Duration::from_millis;
+        assert_eq!(nth_delay(ms(250), ms(10_000), 0, 1.0), ms(250));
+        assert_eq!(nth_delay(ms(250), ms(10_000), 3, 1.0), ms(2000));
+        assert_eq!(nth_delay(ms(250), ms(10_000), 60, 1.0), ms(10_000));
+        assert_eq!(nth_delay(ms(250), ms(10_000), 60, 0.0), ms(5_000));
     }
 }

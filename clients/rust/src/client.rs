@@ -1,5 +1,6 @@
 //! [`Client`]: starts the driver, hands out [`SpaceHandle`]s, reports status.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -110,11 +111,18 @@ impl Client {
         if endpoints.is_empty() {
             return Err(Error::Config("no relay endpoints".into()));
         }
-        let loaded = match config.queue_file.clone() {
-            Some(path) => tokio::task::spawn_blocking(move || queue::load(&path))
+        // One client per queue file: locked first, then read.
+        let (queue_lock, loaded) = match config.queue_file.clone() {
+            Some(path) => {
+                let (lock, loaded) = tokio::task::spawn_blocking(move || {
+                    let lock = queue::lock(&path)?;
+                    Ok::<_, Error>((lock, queue::load(&path)?))
+                })
                 .await
-                .map_err(|e| Error::Config(format!("loading the queue file: {e}")))??,
-            None => None,
+                .map_err(|e| Error::Config(format!("loading the queue file: {e}")))??;
+                (Some(lock), loaded)
+            }
+            None => (None, None),
         };
         let actor = match (config.actor, loaded.as_ref().map(|f| f.actor)) {
             (Some(a), Some(b)) if a != b => {
@@ -125,15 +133,20 @@ impl Client {
             (Some(a), _) | (None, Some(a)) => a,
             (None, None) => (1 << 63) | rand::random::<u64>(),
         };
+        if let Some(path) = config.queue_file.clone() {
+            // Written once now: a queue file that cannot be written fails here,
+            // not silently at the first write (and the actor is kept at once).
+            let mut q = queue::Queue::new(usize::MAX);
+            q.restore(loaded.iter().flat_map(|f| f.writes.iter().cloned()));
+            let bytes = queue::encode(actor, loaded.as_ref().map(|f| f.last_stamp).unwrap_or_default(), &q);
+            tokio::task::spawn_blocking(move || {
+                queue::write_atomic(&path, &bytes).map_err(|e| Error::QueueFile { path, reason: e.to_string() })
+            })
+            .await
+            .map_err(|e| Error::Config(format!("writing the queue file: {e}")))??;
+        }
         let loaded_ops = loaded.as_ref().map_or(0, |f| f.writes.iter().map(|w| w.ops.len()).sum());
-        let shared = Arc::new(Shared {
-            actor,
-            watch_buffer: config.watch_buffer,
-            spaces: Mutex::new(Default::default()),
-            spaces_changed: Default::default(),
-            status: watch::channel(Status::Connecting).0,
-            queued_ops: watch::channel(loaded_ops).0,
-        });
+        let shared = Arc::new(Shared::new(actor, config.watch_buffer, loaded_ops));
         let config = Arc::new(config);
         let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
         let (first_tx, first_rx) = oneshot::channel();
@@ -143,6 +156,7 @@ impl Client {
             tls: tls.clone(),
             shared: shared.clone(),
             loaded,
+            queue_lock,
             commands: commands_rx,
             first: first_tx,
         });
@@ -151,12 +165,23 @@ impl Client {
     }
 
     /// The handle of space `name` (1–256 bytes); the space is subscribed now
-    /// and after every reconnect.
+    /// and after every reconnect (again, if it was unsubscribed). Relays
+    /// allow `maxSpaces` per connection: spaces beyond are refused
+    /// (`too-many-spaces`, their `ready()` fails) until others are unsubscribed.
     pub fn space(&self, name: &str) -> Result<SpaceHandle, Error> {
         if name.is_empty() || name.len() > MAX_SPACE_BYTES {
             return Err(Error::InvalidSpace(name.to_string()));
         }
         Ok(SpaceHandle { client: self.inner.clone(), cell: self.inner.shared.space(name) })
+    }
+
+    /// Stops following space `name` (see [`SpaceHandle::unsubscribe`]); a
+    /// space never opened is nothing to do.
+    pub async fn unsubscribe(&self, name: &str) -> Result<(), Error> {
+        match self.inner.shared.get_space(name) {
+            Some(cell) => SpaceHandle { client: self.inner.clone(), cell }.unsubscribe().await,
+            None => Ok(()),
+        }
     }
 
     /// Where the client stands now.
@@ -189,15 +214,27 @@ impl Client {
         *self.inner.shared.queued_ops.borrow()
     }
 
-    /// Waits until every queued write is acknowledged (or refused).
+    /// How many times the client connected to a relay again (reconnects and
+    /// failovers) since it started.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.shared.connects.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    /// Waits until every queued write is acknowledged (or refused); fails
+    /// with `Error::Closed` when the client closes (or its task ends) first.
     pub async fn flush(&self) -> Result<(), Error> {
-        let mut rx = self.inner.shared.queued_ops.subscribe();
+        let mut ops = self.inner.shared.queued_ops.subscribe();
+        let mut status = self.inner.shared.status.subscribe();
         loop {
-            if *rx.borrow_and_update() == 0 {
+            if *ops.borrow_and_update() == 0 {
                 return Ok(());
             }
-            if rx.changed().await.is_err() {
+            if *status.borrow_and_update() == Status::Closed {
                 return Err(Error::Closed);
+            }
+            tokio::select! {
+                r = ops.changed() => r.map_err(|_| Error::Closed)?,
+                r = status.changed() => r.map_err(|_| Error::Closed)?,
             }
         }
     }
@@ -229,5 +266,106 @@ impl Client {
             let _ = d.await;
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// An endpoint nothing listens on (the client stays offline).
+    fn offline(queue_file: Option<&std::path::Path>) -> ClientConfig {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut c = ClientConfig::new([format!("ws://127.0.0.1:{port}")]);
+        c.queue_file = queue_file.map(Into::into);
+        c
+    }
+
+    async fn within<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(5), f).await.expect("must not hang")
+    }
+
+    #[tokio::test]
+    async fn one_client_per_queue_file_and_an_unwritable_one_fails_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.json");
+        let a = Client::start(offline(Some(&path))).await.unwrap();
+        // Written at start: the actor is kept before any write.
+        assert_eq!(queue::load(&path).unwrap().unwrap().actor, a.actor());
+        let err = Client::start(offline(Some(&path))).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::QueueFile { reason, .. } if reason.contains("in use by another client")),
+            "{err}"
+        );
+        a.close().await.unwrap();
+        // Released on close.
+        let b = Client::start(offline(Some(&path))).await.unwrap();
+        assert_eq!(b.actor(), a.actor());
+        b.close().await.unwrap();
+
+        let unwritable = dir.path().join("no-such-dir").join("queue.json");
+        let err = Client::start(offline(Some(&unwritable))).await.unwrap_err();
+        assert!(matches!(err, Error::QueueFile { .. }), "{err}");
+        // A directory where the file should be: the lock works, the write does not.
+        let is_dir = dir.path().join("a-dir");
+        std::fs::create_dir(&is_dir).unwrap();
+        let err = Client::start(offline(Some(&is_dir))).await.unwrap_err();
+        assert!(matches!(err, Error::QueueFile { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn waits_end_when_the_client_closes() {
+        let c = Client::start(offline(None)).await.unwrap();
+        let s = c.space("s").unwrap();
+        let ticket = s.set_nowait("k", &1).await.unwrap();
+        let (flush, ready) = (c.flush(), s.ready());
+        let mut watch = s.watch();
+        let closer = c.clone();
+        let close = async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            closer.close().await
+        };
+        let (flushed, readied, closed, watched) =
+            within(async { tokio::join!(flush, ready, close, watch.recv()) }).await;
+        assert!(matches!(flushed, Err(Error::Closed)), "{flushed:?}");
+        assert!(matches!(readied, Err(Error::Closed)), "{readied:?}");
+        closed.unwrap();
+        assert_eq!(watched, None);
+        assert!(matches!(within(ticket).await, Err(Error::Closed)));
+        // And after the close.
+        assert!(matches!(within(c.flush()).await, Err(Error::Closed)));
+        assert!(matches!(within(s.ready()).await, Err(Error::Closed)));
+        assert_eq!(within(s.watch().recv()).await, None);
+        assert!(within(s.presence_events().recv()).await.is_none());
+        assert!(matches!(s.set_nowait("k", &2).await, Err(Error::Closed)));
+        assert_eq!(c.status(), Status::Closed);
+    }
+
+    #[tokio::test]
+    async fn writing_a_key_twice_in_one_batch_is_refused() {
+        let c = Client::start(offline(None)).await.unwrap();
+        let s = c.space("s").unwrap();
+        let err = s.write_batch(&[("a", Some(1)), ("b", None), ("a", Some(2))]).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidOp { key, reason } if key == "a" && reason.contains("more than once")),
+            "{err}"
+        );
+        assert_eq!(c.queued_ops(), 0);
+        assert!(s.get_raw("a").is_none(), "nothing applied");
+        c.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unsubscribed_space_is_not_ready_until_followed_again() {
+        let c = Client::start(offline(None)).await.unwrap();
+        let s = c.space("s").unwrap();
+        s.unsubscribe().await.unwrap();
+        assert!(matches!(within(s.ready()).await, Err(Error::Unsubscribed(name)) if name == "s"));
+        c.unsubscribe("never-opened").await.unwrap();
+        let again = c.space("s").unwrap();
+        assert_eq!(*again.cell.synced.borrow(), crate::shared::SyncState::Pending);
+        c.close().await.unwrap();
     }
 }

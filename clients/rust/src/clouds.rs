@@ -78,10 +78,17 @@ pub struct CloudEndpoints {
 /// Fetches an endpoint list.
 pub async fn fetch_endpoints(source: &CloudSource, tls: &Tls, timeout: Duration) -> Result<CloudEndpoints, Error> {
     let body = get_json_ok(&source.url, tls, &[], timeout).await?;
-    let list: CloudEndpoints = serde_json::from_slice(&body)
-        .map_err(|e| Error::Http { url: source.url.clone(), reason: format!("not an endpoint list: {e}") })?;
+    let list: CloudEndpoints = serde_json::from_slice(&body).map_err(|e| Error::Http {
+        url: source.url.clone(),
+        reason: format!("not an endpoint list: {e}"),
+        unreachable: false,
+    })?;
     if list.endpoints.is_empty() {
-        return Err(Error::Http { url: source.url.clone(), reason: "the endpoint list is empty".into() });
+        return Err(Error::Http {
+            url: source.url.clone(),
+            reason: "the endpoint list is empty".into(),
+            unreachable: false,
+        });
     }
     Ok(list)
 }
@@ -112,8 +119,11 @@ pub async fn list_spaces(
     let url = format!("{}/v1/spaces", http_base.trim_end_matches('/'));
     let headers: Vec<(&str, String)> = token.map(|t| ("Authorization", format!("Bearer {t}"))).into_iter().collect();
     let body = get_json_ok(&url, tls, &headers, timeout).await?;
-    let list: SpaceList =
-        serde_json::from_slice(&body).map_err(|e| Error::Http { url, reason: format!("not a space list: {e}") })?;
+    let list: SpaceList = serde_json::from_slice(&body).map_err(|e| Error::Http {
+        url,
+        reason: format!("not a space list: {e}"),
+        unreachable: false,
+    })?;
     Ok(list.spaces)
 }
 
@@ -131,7 +141,7 @@ async fn get_json_ok(url: &str, tls: &Tls, headers: &[(&str, String)], timeout: 
     if resp.status == 401 || resp.status == 403 {
         return Err(Error::Refused { relay: url.to_string(), code: "auth-failed".into(), message: reason });
     }
-    Err(Error::Http { url: url.to_string(), reason })
+    Err(Error::Http { url: url.to_string(), reason, unreachable: false })
 }
 
 #[cfg(test)]

@@ -60,7 +60,9 @@ pub struct ClientConfig {
     /// Longest reconnect delay.
     pub backoff_max: Duration,
     /// Where the offline queue, the actor and the clock are kept across
-    /// restarts; `None` keeps them in memory only.
+    /// restarts; `None` keeps them in memory only. One client at a time
+    /// uses a file (locked through `FILE.lock`); it is written once at start,
+    /// so a path that cannot be written fails `start`/`connect`.
     pub queue_file: Option<PathBuf>,
     /// Most unacknowledged ops; writes beyond fail with `Error::QueueFull`.
     pub max_queued_ops: usize,

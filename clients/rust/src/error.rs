@@ -75,6 +75,9 @@ pub enum Error {
         url: String,
         /// What went wrong.
         reason: String,
+        /// True when the relay could not be reached at all (name resolution,
+        /// connection refused, no answer in time), as opposed to a wrong answer.
+        unreachable: bool,
     },
     /// TLS setup failed (CA file, server name).
     #[error("TLS: {0}")]
@@ -85,12 +88,21 @@ pub enum Error {
     /// The client was closed (or its background task stopped).
     #[error("the client is closed")]
     Closed,
+    /// The space was unsubscribed; `Client::space` subscribes it again.
+    #[error("space {0:?} is unsubscribed")]
+    Unsubscribed(String),
 }
 
 impl Error {
     /// True for errors that mean "a relay said no" (as opposed to "no relay answered").
     pub fn is_refusal(&self) -> bool {
         matches!(self, Error::Refused { .. })
+    }
+
+    /// True for errors that mean "no relay answered": every endpoint failed,
+    /// or an HTTP request could not reach its relay.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Error::Unreachable(_) | Error::Http { unreachable: true, .. })
     }
 }
 
@@ -125,5 +137,14 @@ mod tests {
             ("quic://b:2".into(), "timed out".into()),
         ]));
         assert_eq!(e.to_string(), "cannot reach any relay: ws://a:1: connection refused; quic://b:2: timed out");
+        assert!(e.is_unreachable());
+    }
+
+    #[test]
+    fn http_errors_tell_unreachable_from_bad_answers() {
+        let http = |unreachable| Error::Http { url: "http://h/x".into(), reason: "r".into(), unreachable };
+        assert!(http(true).is_unreachable() && !http(false).is_unreachable());
+        assert_eq!(http(true).to_string(), "GET http://h/x: r");
+        assert!(!Error::Closed.is_unreachable());
     }
 }

@@ -25,7 +25,7 @@ pub struct Response {
 
 /// `GET url` with extra headers, all of it within `timeout`.
 pub async fn get(url: &str, tls: &Tls, headers: &[(&str, String)], timeout: Duration) -> Result<Response, Error> {
-    let fail = |reason: String| Error::Http { url: url.to_string(), reason };
+    let fail = |reason: String| Error::Http { url: url.to_string(), reason, unreachable: false };
     let uri: Uri = url.parse().map_err(|e| fail(format!("invalid URL: {e}")))?;
     let secure = match uri.scheme_str() {
         Some("http" | "ws") => false,
@@ -46,26 +46,35 @@ pub async fn get(url: &str, tls: &Tls, headers: &[(&str, String)], timeout: Dura
     }
     request.push_str("\r\n");
 
+    // Err((reason, unreachable)): unreachable when no connection was made.
     let exchange = async {
-        let tcp = TcpStream::connect((bare_host, port)).await.map_err(|e| e.to_string())?;
-        let raw = if secure {
-            let name = server_name(bare_host).map_err(|e| e.to_string())?;
-            let mut s = tokio_rustls::TlsConnector::from(tls.tcp.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS: {e}"))?;
-            s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-            read_bounded(&mut s).await?
-        } else {
-            let mut s = tcp;
-            s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-            read_bounded(&mut s).await?
+        let tcp = TcpStream::connect((bare_host, port)).await.map_err(|e| (format!("connecting: {e}"), true))?;
+        let answer = async {
+            let raw = if secure {
+                let name = server_name(bare_host).map_err(|e| e.to_string())?;
+                let mut s = tokio_rustls::TlsConnector::from(tls.tcp.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+                read_bounded(&mut s).await?
+            } else {
+                let mut s = tcp;
+                s.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+                read_bounded(&mut s).await?
+            };
+            parse_response(&raw)
         };
-        parse_response(&raw)
+        answer.await.map_err(|reason| (reason, false))
     };
     match tokio::time::timeout(timeout, exchange).await {
-        Ok(r) => r.map_err(fail),
-        Err(_) => Err(fail(format!("no answer within {timeout:?}"))),
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err((reason, unreachable))) => Err(Error::Http { url: url.to_string(), reason, unreachable }),
+        Err(_) => Err(Error::Http {
+            url: url.to_string(),
+            reason: format!("no answer within {timeout:?}"),
+            unreachable: true,
+        }),
     }
 }
 

@@ -27,7 +27,9 @@
 //! - `transport`: WebSocket and QUIC connections behind one interface.
 //! - Sans-IO, unit-tested: [`replica`] (LWW merge via `aether_core::Space`,
 //!   resume bookkeeping), [`queue`] (offline queue and its file), [`hedge`]
-//!   (hedging and liveness timing), [`backoff`], `clock`, `http` parsing.
+//!   (hedging and liveness timing), [`pace`] (the relay's rate limit),
+//!   [`backoff`], `clock`, `http` parsing; the driver's decisions are tested
+//!   against fake connections.
 
 #![warn(missing_docs)]
 
@@ -41,6 +43,7 @@ pub mod endpoint;
 mod error;
 pub mod hedge;
 mod http;
+pub mod pace;
 pub mod queue;
 pub mod replica;
 mod shared;

@@ -2,8 +2,12 @@
 //! bounded by op count, and its persistence (with the actor id and the HLC's
 //! last stamp) in a queue file written atomically (tmp + fsync + rename).
 //!
-//! Sans-IO apart from [`write_atomic`] and [`load`], which are plain blocking
-//! file functions.
+//! One process at a time uses a queue file: [`lock`] takes an exclusive lock
+//! on `FILE.lock` next to it (the file itself is replaced on every write, so
+//! it cannot carry the lock).
+//!
+//! Sans-IO apart from [`write_atomic`], [`load`] and [`lock`], which are
+//! plain blocking file functions.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -273,9 +277,46 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn tmp_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".tmp")
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(".tmp");
+    name.push(suffix);
     path.with_file_name(name)
+}
+
+/// The lock file of a queue file: `FILE.lock`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    with_suffix(path, ".lock")
+}
+
+/// An exclusive lock on a queue file, held until dropped (or the process
+/// ends: the OS releases it, so a crash leaves no stale lock).
+#[derive(Debug)]
+pub struct QueueLock {
+    _file: std::fs::File,
+}
+
+/// Locks `path` for this process: a second client (in this process or
+/// another) using the same queue file gets a clear `Error::QueueFile`.
+pub fn lock(path: &Path) -> Result<QueueLock, Error> {
+    let lock = lock_path(path);
+    let fail = |reason: String| Error::QueueFile { path: path.to_path_buf(), reason };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .map_err(|e| fail(format!("creating its lock file {}: {e}", lock.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(QueueLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(fail(format!(
+            "in use by another client (locked through {}); give each client its own queue file",
+            lock.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(format!("locking {}: {e}", lock.display()))),
+    }
 }
 
 #[cfg(test)]
@@ -337,6 +378,22 @@ mod tests {
         restored.restore(f.writes);
         assert_eq!(restored.ops(), 4);
         assert!(restored.push(write("x", 1)).is_err());
+    }
+
+    #[test]
+    fn one_client_at_a_time_per_queue_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.json");
+        let held = lock(&path).unwrap();
+        let err = lock(&path).unwrap_err().to_string();
+        assert!(err.contains("in use by another client") && err.contains("queue.json.lock"), "{err}");
+        // Another file is independent; the lock goes with its holder.
+        let other = lock(&dir.path().join("other.json")).unwrap();
+        drop(held);
+        let again = lock(&path).unwrap();
+        drop((again, other));
+        let err = lock(&dir.path().join("missing-dir").join("q.json")).unwrap_err().to_string();
+        assert!(err.contains("creating its lock file"), "{err}");
     }
 
     #[test]

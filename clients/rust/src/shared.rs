@@ -5,7 +5,7 @@
 //! same lock, so a snapshot and a watch taken together have no gap.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -35,6 +35,8 @@ pub(crate) enum SyncState {
     Failed(Refusal),
     /// The client closed before the space caught up.
     Closed,
+    /// The space was unsubscribed (`Client::space` subscribes it again).
+    Unsubscribed,
 }
 
 /// A relay's refusal, cloneable (for `SyncState`).
@@ -54,10 +56,15 @@ impl From<Refusal> for Error {
 /// One space: its replica and event channels.
 pub(crate) struct SpaceCell {
     pub name: String,
+    /// Creation order: spaces are (re)subscribed in it, within `maxSpaces`.
+    pub order: u64,
     pub state: Mutex<SpaceState>,
     pub synced: watch::Sender<SyncState>,
     /// A handle asked for presence (events or its own state).
     pub presence_wanted: AtomicBool,
+    /// The space is to be kept subscribed (false after `unsubscribe`; its
+    /// queued writes still get it subscribed until they are settled).
+    pub subscribed: AtomicBool,
 }
 
 /// What the driver mutates and handles read.
@@ -68,9 +75,10 @@ pub(crate) struct SpaceState {
 }
 
 impl SpaceCell {
-    pub fn new(name: String, buffer: usize) -> SpaceCell {
+    pub fn new(name: String, buffer: usize, order: u64) -> SpaceCell {
         SpaceCell {
             name,
+            order,
             state: Mutex::new(SpaceState {
                 replica: Replica::new(),
                 changes: broadcast::channel(buffer).0,
@@ -78,11 +86,27 @@ impl SpaceCell {
             }),
             synced: watch::channel(SyncState::Pending).0,
             presence_wanted: AtomicBool::new(false),
+            subscribed: AtomicBool::new(true),
         }
     }
 
     pub fn wants_presence(&self) -> bool {
         self.presence_wanted.load(Ordering::Relaxed)
+    }
+
+    pub fn is_subscribed(&self) -> bool {
+        self.subscribed.load(Ordering::Acquire)
+    }
+
+    /// Sets the sync state unless the client closed; returns whether it changed.
+    pub fn set_synced(&self, new: SyncState) -> bool {
+        self.synced.send_if_modified(|s| {
+            let change = *s != new && *s != SyncState::Closed;
+            if change {
+                *s = new;
+            }
+            change
+        })
     }
 }
 
@@ -96,16 +120,48 @@ pub(crate) struct Shared {
     pub status: watch::Sender<Status>,
     /// Ops waiting for an ack.
     pub queued_ops: watch::Sender<usize>,
+    /// Sessions that became the primary (the first connection included).
+    pub connects: AtomicU64,
+    /// Creation counter of spaces.
+    pub next_order: AtomicU64,
 }
 
 impl Shared {
-    /// The space's cell, created on first use.
+    /// The state of a new client.
+    pub fn new(actor: u64, watch_buffer: usize, queued_ops: usize) -> Shared {
+        Shared {
+            actor,
+            watch_buffer,
+            spaces: Mutex::new(HashMap::new()),
+            spaces_changed: Notify::new(),
+            status: watch::channel(Status::Connecting).0,
+            queued_ops: watch::channel(queued_ops).0,
+            connects: AtomicU64::new(0),
+            next_order: AtomicU64::new(0),
+        }
+    }
+
+    /// The space's cell, created on first use; subscribed again when it
+    /// was unsubscribed.
     pub fn space(&self, name: &str) -> Arc<SpaceCell> {
         let mut spaces = lock(&self.spaces);
         if let Some(cell) = spaces.get(name) {
-            return cell.clone();
+            let cell = cell.clone();
+            drop(spaces);
+            if !cell.subscribed.swap(true, Ordering::AcqRel) {
+                cell.synced.send_if_modified(|s| {
+                    let was = *s == SyncState::Unsubscribed;
+                    if was {
+                        *s = SyncState::Pending;
+                    }
+                    was
+                });
+                self.spaces_changed.notify_one();
+            }
+            return cell;
         }
-        let cell = Arc::new(SpaceCell::new(name.to_string(), self.watch_buffer));
+        let order = self.next_order.fetch_add(1, Ordering::Relaxed);
+        let cell = Arc::new(SpaceCell::new(name.to_string(), self.watch_buffer, order));
         spaces.insert(name.to_string(), cell.clone());
         drop(spaces);
         self.spaces_changed.notify_one();
@@ -142,6 +198,8 @@ pub(crate) enum Command {
     Write { space: Arc<SpaceCell>, ops: Vec<Mutation>, reply: oneshot::Sender<Result<Queued, Error>> },
     /// Set (non-empty) or clear (empty) this client's presence in a space.
     Presence { space: Arc<SpaceCell>, state: Bytes },
+    /// Stop following a space (its `subscribed` flag is already cleared).
+    Unsubscribe { space: Arc<SpaceCell>, reply: oneshot::Sender<()> },
     /// Persist the queue and stop.
     Close { reply: oneshot::Sender<Result<(), Error>> },
 }

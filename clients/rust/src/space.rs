@@ -14,9 +14,9 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
-use crate::client::ClientInner;
+use crate::client::{ClientInner, Status};
 use crate::error::Error;
 use crate::shared::{Command, Mutation, SpaceCell, SyncState, lock};
 use crate::stream::{PresenceStream, Watch};
@@ -90,25 +90,46 @@ impl SpaceHandle {
 
     /// Waits until the space caught up with a relay once (its first catchup
     /// completed), so reads see the relay's state. Fails when the relay
-    /// refused the subscription.
+    /// refused the subscription (e.g. `too-many-spaces` after a failover),
+    /// the space was unsubscribed, or the client closed.
     pub async fn ready(&self) -> Result<(), Error> {
         let mut rx = self.cell.synced.subscribe();
+        let mut status = self.client.shared.status.subscribe();
         loop {
             match &*rx.borrow_and_update() {
                 SyncState::Synced => return Ok(()),
                 SyncState::Failed(e) => return Err(e.clone().into()),
                 SyncState::Closed => return Err(Error::Closed),
+                SyncState::Unsubscribed => return Err(Error::Unsubscribed(self.cell.name.clone())),
                 SyncState::Pending => {}
             }
-            if rx.changed().await.is_err() {
+            if *status.borrow_and_update() == Status::Closed {
                 return Err(Error::Closed);
+            }
+            tokio::select! {
+                r = rx.changed() => r.map_err(|_| Error::Closed)?,
+                r = status.changed() => r.map_err(|_| Error::Closed)?,
             }
         }
     }
 
-    /// True once a catchup completed.
+    /// True while the replica follows a relay: a catchup completed, and the
+    /// subscription was not refused since (nor the space unsubscribed).
     pub fn is_synced(&self) -> bool {
         matches!(*self.cell.synced.borrow(), SyncState::Synced)
+    }
+
+    /// Stops following the space: unsubscribed from the relay (once its
+    /// queued writes are acknowledged), not resubscribed after reconnects,
+    /// its presence left. The replica keeps what it has (reads still work,
+    /// writes still go out); [`crate::Client::space`] follows it again,
+    /// resuming from it.
+    pub async fn unsubscribe(&self) -> Result<(), Error> {
+        self.cell.subscribed.store(false, Ordering::Release);
+        self.cell.set_synced(SyncState::Unsubscribed);
+        let (reply, done) = oneshot::channel();
+        self.client.send(Command::Unsubscribe { space: self.cell.clone(), reply }).await?;
+        done.await.map_err(|_| Error::Closed)
     }
 
     /// Sets `key` to `value` (as JSON) and waits for the ack.
@@ -137,7 +158,8 @@ impl SpaceHandle {
     }
 
     /// Several sets (`Some`) and deletes (`None`) as one write, applied
-    /// atomically by the relay; returns once queued.
+    /// atomically by the relay; returns once queued. Each key at most once
+    /// (`Error::InvalidOp` otherwise).
     pub async fn write_batch<T: Serialize>(&self, ops: &[(&str, Option<T>)]) -> Result<WriteTicket, Error> {
         let mut muts = Vec::with_capacity(ops.len());
         for (key, value) in ops {
@@ -183,15 +205,28 @@ impl SpaceHandle {
         lock(&self.cell.state).replica.snapshot()
     }
 
-    /// Changes from now on.
+    /// Changes from now on (a stream that ends at once when the client is closed).
     pub fn watch(&self) -> Watch {
-        Watch::new(lock(&self.cell.state).changes.subscribe())
+        let state = lock(&self.cell.state);
+        Watch::new(self.live(&state.changes))
     }
 
     /// The current state and the changes after it, with no gap and no overlap.
     pub fn snapshot_and_watch(&self) -> (BTreeMap<String, Value>, Watch) {
         let state = lock(&self.cell.state);
-        (state.replica.snapshot(), Watch::new(state.changes.subscribe()))
+        (state.replica.snapshot(), Watch::new(self.live(&state.changes)))
+    }
+
+    /// A receiver of `tx`, taken under the space's lock, or an ended one once
+    /// the client is closed. The driver sets `Closed` before it drops the
+    /// senders under that lock, so a receiver taken before then ends with
+    /// them and none is taken from the senders that replace them.
+    fn live<T: Clone>(&self, tx: &broadcast::Sender<T>) -> broadcast::Receiver<T> {
+        let rx = tx.subscribe();
+        if *self.client.shared.status.borrow() == Status::Closed {
+            return broadcast::channel(1).1;
+        }
+        rx
     }
 
     /// Shares this client's presence (a JSON object) with the space's other
@@ -212,7 +247,7 @@ impl SpaceHandle {
 
     /// Presence events of the other sessions (subscribes with `presence: true`).
     pub fn presence_events(&self) -> PresenceStream {
-        let stream = PresenceStream::new(lock(&self.cell.state).presence.subscribe());
+        let stream = PresenceStream::new(self.live(&lock(&self.cell.state).presence));
         self.want_presence();
         stream
     }

@@ -1,7 +1,9 @@
 //! `aether-client` against real `aether-relay` processes: WebSocket and QUIC,
 //! failover when a relay is killed, hedging when one is stalled (SIGSTOP),
 //! the offline queue across a restart with a superseded offline edit, resume
-//! after failover, and the `aether` CLI.
+//! after failover, pacing to a relay's rate limit, a restored write refused
+//! and undone, `maxSpaces` and unsubscribing, presence after failover, and
+//! the `aether` CLI.
 
 #[path = "../../../relay/tests/common/mod.rs"]
 mod common;
@@ -9,7 +11,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use aether_client::{Client, ClientConfig, Origin, Status};
+use aether_client::{Client, ClientConfig, Error, Origin, Status};
 use common::{Relay, free_port, tempdir};
 use serde_json::json;
 
@@ -309,6 +311,7 @@ async fn cli_commands_against_a_running_relay() {
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["ops"], 300, "{out}");
+    assert_eq!(v["reconnects"], 0, "{out}");
     let (code, out, err) = cli_async(vec![
         "--cloud".into(),
         format!("http://127.0.0.1:{port}"),
@@ -368,4 +371,198 @@ async fn cli_commands_against_a_running_relay() {
     std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// The relay's count of `error` replies with `code` (its `/metrics`).
+async fn errors_sent(relay: &Relay, code: &str) -> u64 {
+    let (status, body) = relay.http_get("/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    let line = format!("aether_client_errors_total{{code=\"{code}\"}} ");
+    body.lines().find_map(|l| l.strip_prefix(line.as_str())).map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_relay_is_paced_and_never_costs_the_connection() {
+    let dir = tempdir();
+    let queue = dir.path().join("queue.json");
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    // Offline: 300 writes over 3 spaces wait in the queue file.
+    let c = Client::start(fast(ClientConfig::new([url.clone()])).queue_file(&queue)).await.unwrap();
+    for i in 0..300 {
+        let s = c.space(&format!("paced{}", i % 3)).unwrap();
+        s.set_nowait(&format!("k{i}"), &i).await.unwrap();
+    }
+    c.close().await.unwrap();
+
+    // A relay allowing 200 ops/s with a burst of 50.
+    let data = dir.path().join("data");
+    let limits = ["--limit-msgs-per-sec", "200", "--limit-burst", "50"];
+    let relay = Relay::spawn_in(None, "dev", &format!("127.0.0.1:{port}"), &data, &limits, &[]).unwrap();
+    let c = Client::start(fast(ClientConfig::new([url])).queue_file(&queue)).await.unwrap();
+    within(c.flush()).await.unwrap();
+    // Live writes far over the rate: paced, every one acked.
+    let s = c.space("paced0").unwrap();
+    let mut tickets = Vec::new();
+    for i in 0..200 {
+        tickets.push(s.set_nowait(&format!("live{i}"), &i).await.unwrap());
+    }
+    for t in tickets {
+        within(t).await.unwrap();
+    }
+    assert_eq!(c.reconnects(), 0, "the rate limit never cost the connection");
+    assert!(matches!(c.status(), Status::Online { .. }));
+    assert_eq!(errors_sent(&relay, "rate-limited").await, 0, "the client kept under the relay's rate");
+    c.close().await.unwrap();
+
+    let reader = within(Client::connect(fast(ClientConfig::new([ws(&relay)])))).await.unwrap();
+    for (i, want) in [(0, 300), (1, 100), (2, 100)] {
+        let s = reader.space(&format!("paced{i}")).unwrap();
+        within(s.ready()).await.unwrap();
+        assert_eq!(s.snapshot().len(), want, "paced{i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_write_the_relay_refuses_is_undone_and_the_rest_lands() {
+    let dir = tempdir();
+    let queue = dir.path().join("queue.json");
+    let port = free_port();
+    let url = format!("ws://127.0.0.1:{port}");
+    let long = "k".repeat(40);
+    let c = Client::start(fast(ClientConfig::new([url.clone()])).queue_file(&queue)).await.unwrap();
+    let s = c.space("strict").unwrap();
+    s.set_nowait("before", &1).await.unwrap();
+    s.set_nowait(&long, &"too long a key for the relay").await.unwrap();
+    s.set_nowait("after", &2).await.unwrap();
+    c.close().await.unwrap();
+
+    // The relay allows keys of 16 bytes only: the restored write of the long key is refused.
+    let data = dir.path().join("data");
+    let relay =
+        Relay::spawn_in(None, "dev", &format!("127.0.0.1:{port}"), &data, &["--limit-key-bytes", "16"], &[]).unwrap();
+    let c = Client::start(fast(ClientConfig::new([url])).queue_file(&queue)).await.unwrap();
+    let s = c.space("strict").unwrap();
+    let mut changes = s.watch();
+    assert!(s.get_raw(&long).is_some(), "offline reads see it until refused");
+    within(c.flush()).await.unwrap();
+    let rejected = within(async {
+        loop {
+            let ch = changes.recv().await.expect("watch open");
+            if ch.origin == Origin::Rejected {
+                return ch;
+            }
+        }
+    })
+    .await;
+    assert_eq!((rejected.key.as_str(), rejected.value), (long.as_str(), None));
+    assert!(s.get_raw(&long).is_none());
+    within(s.ready()).await.unwrap();
+    let reader = within(Client::connect(fast(ClientConfig::new([ws(&relay)])))).await.unwrap();
+    let r = reader.space("strict").unwrap();
+    within(r.ready()).await.unwrap();
+    assert_eq!(r.snapshot(), [("after".to_string(), json!(2)), ("before".to_string(), json!(1))].into());
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spaces_beyond_the_relay_limit_are_refused_until_one_is_unsubscribed() {
+    let dir = tempdir();
+    let relay = Relay::start(dir.path(), &["--limit-spaces-per-conn", "2"]);
+    let c = within(Client::connect(fast(ClientConfig::new([ws(&relay)])))).await.unwrap();
+    let (a, b, extra) = (c.space("a").unwrap(), c.space("b").unwrap(), c.space("c").unwrap());
+    within(a.ready()).await.unwrap();
+    within(b.ready()).await.unwrap();
+    let err = within(extra.ready()).await.unwrap_err();
+    assert!(matches!(&err, Error::Refused { code, .. } if code == "too-many-spaces"), "{err}");
+    assert!(!extra.is_synced());
+    // Unsubscribing one makes room: the refused space is subscribed and syncs.
+    b.unsubscribe().await.unwrap();
+    within(extra.ready()).await.unwrap();
+    assert!(matches!(within(b.ready()).await, Err(Error::Unsubscribed(_))));
+    // The unsubscribed space no longer follows the relay.
+    let writer = within(Client::connect(fast(ClientConfig::new([ws(&relay)])))).await.unwrap();
+    let wb = writer.space("b").unwrap();
+    within(wb.ready()).await.unwrap();
+    within(wb.set("k", &1)).await.unwrap();
+    let wc = writer.space("c").unwrap();
+    within(wc.ready()).await.unwrap();
+    let mut changes = extra.watch();
+    within(wc.set("k", &2)).await.unwrap();
+    assert_eq!(within(changes.recv()).await.unwrap().key, "k");
+    assert!(b.get_raw("k").is_none(), "b was unsubscribed");
+    c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_from_a_lost_relay_is_announced_gone() {
+    let (mut r1, r2, _dirs) = pair(&[]);
+    let urls = [ws(&r1), ws(&r2)];
+    let watcher = within(Client::connect(fast(ClientConfig::new(urls.clone())))).await.unwrap();
+    let other = within(Client::connect(fast(ClientConfig::new([ws(&r1)])))).await.unwrap();
+    let sw = watcher.space("room").unwrap();
+    let mut events = sw.presence_events();
+    within(sw.ready()).await.unwrap();
+    let so = other.space("room").unwrap();
+    within(so.ready()).await.unwrap();
+    within(so.presence(&json!({"cursor": 1}))).await.unwrap();
+    let joined = within(events.recv()).await.unwrap();
+    assert_eq!(joined.state, Some(json!({"cursor": 1})));
+    // The relay that announced it dies (and `other` with it, as it only knew r1).
+    r1.kill();
+    let left = within(async {
+        loop {
+            let e = events.recv().await.expect("presence stream open");
+            if e.session == joined.session {
+                return e;
+            }
+        }
+    })
+    .await;
+    assert_eq!(left.state, None, "no ghost after failover");
+    wait_online_at(&watcher, "r2").await;
+    assert_eq!(watcher.reconnects(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_names_are_dialed_at_every_address() {
+    let dir = tempdir();
+    let relay = Relay::start(dir.path(), &["--quic-listen", "127.0.0.1:0"]);
+    let ca = dir.path().join("quic-cert.pem");
+    // `localhost` may resolve to ::1 first (nothing listens there): 127.0.0.1 is tried too.
+    let url = format!("quic://localhost:{}", relay.quic.unwrap().port());
+    let c = within(Client::connect(fast(ClientConfig::new([url])).ca_file(&ca))).await.unwrap();
+    let s = c.space("q").unwrap();
+    within(s.ready()).await.unwrap();
+    within(s.set("k", &1)).await.unwrap();
+    c.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn cli_exit_codes_for_unreachable_relays_and_bad_ca_files() {
+    let dead = format!("ws://127.0.0.1:{}", free_port());
+    // `spaces` is an HTTP request: an unreachable relay is exit code 3 like any other.
+    let (code, _, err) =
+        cli_async(vec!["--relay".into(), dead.clone(), "--timeout".into(), "2s".into(), "spaces".into()]).await;
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = cli_async(vec![
+        "--cloud".into(),
+        format!("{dead}/v1/clouds/x"),
+        "--timeout".into(),
+        "2s".into(),
+        "get".into(),
+        "s".into(),
+        "k".into(),
+    ])
+    .await;
+    assert_eq!(code, 3, "{err}");
+    // A CA file that is no certificate: usage.
+    let dir = tempdir();
+    let bad = dir.path().join("ca.pem");
+    std::fs::write(&bad, "not a certificate\n").unwrap();
+    let ca = bad.to_str().unwrap().to_string();
+    let (code, _, err) =
+        cli_async(vec!["--relay".into(), dead, "--ca-file".into(), ca, "get".into(), "s".into(), "k".into()]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("ca.pem"), "{err}");
 }

@@ -53,20 +53,20 @@ pub fn close_label(code: u16) -> &'static str {
 }
 
 /// Most queued events written before one flush.
-const WRITE_BATCH: usize = 256;
+pub(crate) const WRITE_BATCH: usize = 256;
 /// How long a closing handshake may take before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Bytes read from a client socket per read call. tungstenite zero-fills this
 /// much before every read, so its 128 KiB default costs more than the read
 /// itself for small messages (measured: 22% of relay CPU under fan-out).
-const READ_BUFFER_BYTES: usize = 8 * 1024;
+pub(crate) const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// The backlog (ops waiting behind the greeting or a held echo) may hold this
 /// many times `--limit-send-queue` items before the client counts as slow.
-const BACKLOG_FACTOR: usize = 8;
+pub(crate) const BACKLOG_FACTOR: usize = 8;
 /// Snapshots with more entries than this are encoded on the blocking pool.
 const BLOCKING_SNAPSHOT_ENTRIES: usize = 4096;
 /// How long a client joining a space served as an edge waits for the owner's snapshot.
-const EDGE_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const EDGE_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 type Sink = SplitSink<WebSocket, Message>;
 type Stream = SplitStream<WebSocket>;
@@ -123,10 +123,7 @@ impl Connection {
         let _slot = match slot {
             Ok(slot) => slot,
             Err(cap) => {
-                let (reason, label) = match cap {
-                    CapExceeded::Total => ("connection limit reached", "conn_cap_total"),
-                    CapExceeded::PerIp => ("connection limit per address reached", "conn_cap_ip"),
-                };
+                let (reason, label) = cap.reason_and_label();
                 metrics.disconnects.with_label_values(&[label]).inc();
                 conn.close(close::TRY_AGAIN_LATER, reason).await;
                 return;

@@ -292,7 +292,12 @@ impl Edges {
                     // writer is skipped both times; it gets exactly one echo, below.
                     if let Some(s) = st.spaces.get(&w.space) {
                         let hub = s.hub.clone();
-                        self.merge(&st, &hub, vec![w.op.clone()]);
+                        // A write that lost is not news to anyone: the entry that beat it is.
+                        let op = match &beaten_by {
+                            None => w.op.clone(),
+                            Some(e) => super::to_pb(&w.space, &w.op.key, e.value.as_ref(), e.stamp, w.op.origin),
+                        };
+                        self.merge(&st, &hub, vec![op]);
                     }
                     st.by_stamp.remove(&w.stamp);
                     self.metrics.op_latency_durable.observe(w.received.elapsed().as_secs_f64());

@@ -397,10 +397,9 @@ fn event(kind: edge_event::Kind) -> EdgeEvent {
     EdgeEvent { kind: Some(kind) }
 }
 
-/// Resolves when a forwarded write is durable here and at the write quorum.
-/// On failure: the client-facing error code and a message.
-/// Waits until a forwarded write is durable at the write quorum; `Ok` holds
-/// the op that beat it, if it lost its LWW race.
+/// Resolves when a forwarded write is durable here and at the write quorum;
+/// `Ok` holds the op that beat it, if it lost its LWW race. On failure: the
+/// client-facing error code and a message.
 async fn wait_acked(
     relay: Arc<Relay>,
     id: u64,

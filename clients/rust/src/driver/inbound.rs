@@ -7,6 +7,7 @@ use std::time::Instant;
 use aether_proto::client::v1::{self as pb, server_frame};
 
 use super::Driver;
+use super::sessions::mark_refused;
 use crate::clock;
 use crate::replica::{Origin, stamp_from_pb};
 use crate::shared::{Refusal, SyncState, lock};
@@ -16,7 +17,13 @@ use crate::transport::{ConnEvent, Inbound, SessionId};
 impl Driver {
     pub(super) fn on_inbound(&mut self, ev: Inbound) {
         let now = Instant::now();
-        let Some(s) = self.sessions.get_mut(&ev.session) else { return };
+        let Some(s) = self.sessions.get_mut(&ev.session) else {
+            // A connection still dialing: kept until the dial's result arrives.
+            if let Some(d) = self.dials.get_mut(&ev.session) {
+                d.early.push(ev.event);
+            }
+            return;
+        };
         match ev.event {
             ConnEvent::Closed(reason) => self.broken.push((ev.session, reason)),
             ConnEvent::Frame(frame) => {
@@ -28,9 +35,9 @@ impl Driver {
 
     fn on_frame(&mut self, sid: SessionId, frame: pb::ServerFrame, now: Instant) {
         match frame.msg {
-            Some(server_frame::Msg::Catchup(c)) => self.on_catchup(sid, c),
+            Some(server_frame::Msg::Catchup(c)) => self.on_catchup(sid, c, now),
             Some(server_frame::Msg::Changes(c)) => self.on_changes(sid, c),
-            Some(server_frame::Msg::Ack(a)) => self.resolve_write(sid, a.id, true, now),
+            Some(server_frame::Msg::Ack(a)) => self.on_ack(sid, a.id, true, now),
             Some(server_frame::Msg::Superseded(s)) => self.on_superseded(s),
             Some(server_frame::Msg::Presence(p)) => self.on_presence(sid, p),
             Some(server_frame::Msg::Error(e)) => self.on_error(sid, e, now),
@@ -44,12 +51,15 @@ impl Driver {
     /// Merges ops from a relay into a space's replica; returns false when the space is unknown.
     pub(super) fn merge_ops(&mut self, space: &str, ops: Vec<pb::Op>, origin: Origin) -> bool {
         let Some(cell) = self.shared.get_space(space) else { return false };
-        let now_ns = clock::now_ns();
+        // Checked against the relay's clock (estimated), which bounds the
+        // stamps relays accept, not ours: a client whose clock is late must
+        // still follow them, or its next writes would order before them.
+        let now_ns = clock::observe_time(clock::now_ns(), self.relay_offset_ns);
         let mut state = lock(&cell.state);
         for op in ops {
             if let Some(stamp) = op.stamp {
-                // A stamp far ahead of our clock is not followed (our ops
-                // would be refused as future-stamp); the merge still takes it.
+                // A stamp far ahead of the relay's clock is not followed (our
+                // ops would be refused as future-stamp); the merge still takes it.
                 let _ = self.clock.observe(stamp_from_pb(stamp), now_ns);
             }
             match state.replica.apply_remote(op, origin) {
@@ -63,17 +73,22 @@ impl Driver {
         true
     }
 
-    fn on_catchup(&mut self, sid: SessionId, c: pb::Catchup) {
+    fn on_catchup(&mut self, sid: SessionId, c: pb::Catchup, now: Instant) {
         let Some(url) = self.subscribed_url(sid, &c.space) else { return };
         if !self.merge_ops(&c.space, c.ops, Origin::Remote) || !c.done {
             return;
         }
         if let Some(cell) = self.shared.get_space(&c.space) {
             lock(&cell.state).replica.caught_up(&url, c.epoch, c.seq);
-            cell.synced.send_if_modified(|s| std::mem::replace(s, SyncState::Synced) != SyncState::Synced);
+            if cell.is_subscribed() {
+                cell.set_synced(SyncState::Synced);
+            }
         }
-        if let Some(sub) = self.sessions.get_mut(&sid).and_then(|s| s.spaces.get_mut(&c.space)) {
-            sub.live = true;
+        if let Some(s) = self.sessions.get_mut(&sid) {
+            s.caught_up.get_or_insert(now);
+            if let Some(sub) = s.spaces.get_mut(&c.space) {
+                sub.live = true;
+            }
         }
     }
 
@@ -108,6 +123,12 @@ impl Driver {
                 }
             }
         };
+        let seen = self.presence_seen.entry(p.space.clone()).or_default();
+        if state.is_some() {
+            seen.insert(p.session.clone(), p.color.clone());
+        } else {
+            seen.remove(&p.session);
+        }
         let _ = lock(&cell.state).presence.send(PresenceEvent { session: p.session, color: p.color, state });
     }
 
@@ -121,41 +142,41 @@ impl Driver {
             }
             return;
         }
-        if e.id != 0 && self.writes.contains_key(&e.id) {
-            match e.code.as_str() {
-                // Checked before anything applied: the write is refused for good.
-                "bad-op" | "forged-stamp" | "future-stamp" | "too-many-ops" | "bad-space" => {
-                    self.fail_write(e.id, Refusal { relay: url, code: e.code, message: e.message })
-                }
-                "not-subscribed" => {
-                    if let Some(s) = self.sessions.get_mut(&sid) {
-                        s.spaces.remove(&e.space);
-                    }
-                    self.retry_write(sid, e.id, false, Refusal { relay: url, code: e.code, message: e.message }, now);
-                }
-                "unavailable" => self.broken.push((sid, format!("relay unavailable: {}", e.message))),
-                "quorum-timeout" => self.resolve_write(sid, e.id, false, now),
-                // overloaded, write-failed (a forwarded write was lost) and
-                // codes this client does not know: resending is harmless.
-                _ => self.retry_write(sid, e.id, true, Refusal { relay: url, code: e.code, message: e.message }, now),
-            }
+        if e.id != 0 {
+            // About a write frame (an unknown id: one already settled).
+            let refusal = Refusal { relay: url, code: e.code, message: e.message };
+            self.on_write_error(sid, e.id, refusal, now);
             return;
         }
-        if e.id == 0 && (e.code == "bad-space" || e.code == "too-many-spaces") {
-            // The subscription was refused.
-            if let Some(s) = self.sessions.get_mut(&sid) {
-                s.spaces.remove(&e.space);
+        match e.code.as_str() {
+            // The subscription was refused: not synced (any more), `ready()` fails.
+            "bad-space" | "too-many-spaces" => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.spaces.remove(&e.space);
+                }
+                if let Some(cell) = self.shared.get_space(&e.space) {
+                    mark_refused(&cell, Refusal { relay: url, code: e.code, message: e.message });
+                }
             }
-            if let Some(cell) = self.shared.get_space(&e.space) {
-                let failed = SyncState::Failed(Refusal { relay: url, code: e.code, message: e.message });
-                cell.synced.send_if_modified(|s| {
-                    let pending = *s == SyncState::Pending;
-                    if pending {
-                        *s = failed;
+            // A subscribe, presence, unsubscribe or ping over the rate: the
+            // relay does not say which, so what may be lost is sent again later.
+            "rate-limited" => self.schedule_resync(sid, now),
+            // Presence for a space the relay does not have subscribed.
+            "not-subscribed" => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.spaces.remove(&e.space);
+                }
+                if self.primary == Some(sid) {
+                    self.subscribe_all(sid);
+                    if let Some(state) = self.presence.get(&e.space).cloned() {
+                        let frame = pb::ClientFrame {
+                            msg: Some(pb::client_frame::Msg::Presence(pb::Presence { space: e.space.clone(), state })),
+                        };
+                        self.send(sid, Some(&e.space), frame);
                     }
-                    pending
-                });
+                }
             }
+            _ => {}
         }
     }
 }

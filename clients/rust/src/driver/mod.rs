@@ -7,11 +7,22 @@
 //! at the primary; it gets the overdue writes and their spaces, and becomes
 //! the primary at once if the primary is lost). Connection attempts go round
 //! robin over the endpoints with backoff and jitter; an attempt still pending
-//! after `dial_hedge_delay` races one to the next endpoint.
+//! after `dial_hedge_delay` races one to the next endpoint. The backoff
+//! resets only once a session stayed healthy for a while (its first catchup
+//! done plus [`HEALTHY_AFTER`]): a relay that closes right after `welcome`
+//! is backed off from.
 //!
-//! - `sessions.rs`: dialing, promotion, loss, subscriptions, pings.
+//! Every frame to a relay goes through its session's outbox, paced by a
+//! token bucket mirroring the relay's advertised rate limit (`pace.rs`).
+//! Writes go out as `write` frames with ids of their own (*wire ids*): one
+//! client write per frame normally, several writes of one space grouped into
+//! one frame when the queue is resent (after a reconnect, to a hedge, on
+//! retries). An ack, error or superseded names the frame; the frame maps
+//! back to its client writes, and each write resolves on its own.
+//!
+//! - `sessions.rs`: dialing, promotion, loss, subscriptions, the outbox, pings.
 //! - `inbound.rs`: frames from relays (catchup, changes, acks, errors...).
-//! - `writes.rs`: stamping and queueing writes, sending, hedging, retries.
+//! - `writes.rs`: stamping and queueing writes, sending, grouping, hedging, retries.
 //! - `persist.rs`: the queue file writer.
 
 mod inbound;
@@ -19,8 +30,12 @@ mod persist;
 mod sessions;
 mod writes;
 
-use std::collections::HashMap;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aether_core::hlc::DEFAULT_MAX_CLOCK_SKEW_NS;
@@ -36,7 +51,7 @@ use crate::config::ClientConfig;
 use crate::endpoint::Endpoint;
 use crate::error::{Attempts, Error};
 use crate::hedge::{self, DeadlineQueue};
-use crate::queue::{self, Queue, QueueFile, WriteId};
+use crate::queue::{self, Queue, QueueFile, QueueLock, WriteId};
 use crate::shared::{Command, Refusal, Shared, SpaceCell, SyncState, lock};
 use crate::space::Acked;
 use crate::tls::Tls;
@@ -54,15 +69,25 @@ const SEND_QUEUE_EXTRA: usize = 1024;
 const HEDGE_IDLE: Duration = Duration::from_secs(30);
 /// After every endpoint failed as a hedge, wait this long before trying again.
 const HEDGE_RETRY: Duration = Duration::from_secs(1);
-/// Delay before resending a write the relay answered `overloaded`.
-const OVERLOAD_RETRY: Duration = Duration::from_millis(250);
-/// Relay limits assumed before the first `welcome` (the relay's defaults).
+/// First delay before resending a write a relay could not take now
+/// (`overloaded`, `rate-limited`, ...); it doubles with each refusal on the
+/// same session, up to `backoff_max`, and never gives up.
+const RETRY_MIN: Duration = Duration::from_millis(250);
+/// A primary counts as healthy (the reconnect backoff resets) this long after
+/// its first catchup completed (or its `welcome`, with nothing to catch up).
+const HEALTHY_AFTER: Duration = Duration::from_secs(3);
+/// Bytes kept free below `maxFrameBytes` when grouping writes into a frame.
+const FRAME_MARGIN: usize = 64;
+/// Relay limits assumed before the first `welcome` (the relay's defaults);
+/// a rate of 0 is unknown: no pacing.
 const DEFAULT_LIMITS: pb::Limits = pb::Limits {
     max_frame_bytes: 256 * 1024,
-    max_ops_per_write: 0,
+    max_ops_per_write: 256,
     max_key_bytes: 256,
     max_value_bytes: 32 * 1024,
     max_spaces: 0,
+    ops_per_sec: 0.0,
+    burst: 0,
 };
 
 /// What the driver starts from.
@@ -72,25 +97,74 @@ pub(crate) struct DriverInit {
     pub tls: Tls,
     pub shared: Arc<Shared>,
     pub loaded: Option<QueueFile>,
+    /// The queue file's lock, held as long as the driver runs.
+    pub queue_lock: Option<QueueLock>,
     pub commands: mpsc::Receiver<Command>,
     /// Told once: the first session is online, or every endpoint failed once.
     pub first: oneshot::Sender<Result<(), Error>>,
+}
+
+/// Id of a `write` frame on the wire (unique for the driver's life, so per
+/// connection too).
+type WireId = u64;
+
+/// A `write` frame queued or sent on a session: one or more client writes
+/// of one space.
+struct Frame {
+    session: SessionId,
+    space: String,
+    /// The client writes it carries that are still unsettled.
+    writes: Vec<WriteId>,
+    /// When it left the outbox; `None` while it waits for tokens.
+    sent_at: Option<Instant>,
 }
 
 /// A queued write's state besides its ops (which live in the [`Queue`]).
 struct WriteState {
     space: Arc<SpaceCell>,
     queued_at: Instant,
-    /// Sessions it was sent on (and that are still alive).
-    sent_on: Vec<SessionId>,
+    /// The frames carrying it on live sessions (queued or sent, unanswered).
+    sent_on: Vec<(SessionId, WireId)>,
     /// Overdue at the primary: send it to the hedge session too.
     wants_hedge: bool,
-    superseded: bool,
-    retries: u32,
-    /// Each op's key entry before it, to undo a refused write (empty for
-    /// writes restored from the queue file).
+    /// Keys of it that lost their LWW race (one `Superseded` event each).
+    superseded: HashSet<String>,
+    /// Temporary refusals in a row and the session that gave them (the
+    /// exponent of the retry backoff; it starts over on another session).
+    retry: Option<(SessionId, u32)>,
+    /// A final refusal from a relay while another session still had the
+    /// write: it fails unless that session acks it.
+    refused: Option<Refusal>,
+    /// Each op's key entry before it, to undo a refused write (`None` for
+    /// the keys of writes restored from the queue file: undone to absent,
+    /// the resubscription by digests brings the relay's value back).
     previous: Vec<Option<Entry>>,
     waiters: Vec<oneshot::Sender<Result<Acked, Error>>>,
+}
+
+impl WriteState {
+    fn new(
+        space: Arc<SpaceCell>,
+        queued_at: Instant,
+        previous: Vec<Option<Entry>>,
+        waiters: Vec<oneshot::Sender<Result<Acked, Error>>>,
+    ) -> Self {
+        WriteState {
+            space,
+            queued_at,
+            sent_on: Vec::new(),
+            wants_hedge: false,
+            superseded: HashSet::new(),
+            retry: None,
+            refused: None,
+            previous,
+            waiters,
+        }
+    }
+
+    fn is_on(&self, sid: SessionId) -> bool {
+        self.sent_on.iter().any(|(s, _)| *s == sid)
+    }
 }
 
 pub(crate) struct Driver {
@@ -99,12 +173,16 @@ pub(crate) struct Driver {
     tls: Tls,
     shared: Arc<Shared>,
     clock: Hlc,
-    /// The primary relay's clock minus ours.
+    /// The relay's clock minus ours (from the primary's `welcome` and
+    /// pongs; kept across reconnects until the next primary's welcome).
     relay_offset_ns: Option<i64>,
     max_skew_ns: u64,
     limits: pb::Limits,
     queue: Queue,
     writes: HashMap<WriteId, WriteState>,
+    /// Write frames queued or in flight, by wire id.
+    frames: HashMap<WireId, Frame>,
+    next_wire: WireId,
     hedge_timers: DeadlineQueue<WriteId>,
     retry_timers: DeadlineQueue<WriteId>,
     sessions: HashMap<SessionId, Session>,
@@ -128,6 +206,9 @@ pub(crate) struct Driver {
     first: Option<oneshot::Sender<Result<(), Error>>>,
     /// This client's presence per space, re-sent to every new primary.
     presence: HashMap<String, Bytes>,
+    /// Other sessions present per space, as the primary announced them
+    /// (session → colour): they are announced gone when the primary is.
+    presence_seen: HashMap<String, HashMap<String, String>>,
     persist: Persister,
     commands: mpsc::Receiver<Command>,
     inbound_tx: mpsc::Sender<Inbound>,
@@ -160,6 +241,8 @@ impl Driver {
             limits: DEFAULT_LIMITS,
             queue: Queue::new(cfg.max_queued_ops),
             writes: HashMap::new(),
+            frames: HashMap::new(),
+            next_wire: 1,
             hedge_timers: DeadlineQueue::default(),
             retry_timers: DeadlineQueue::default(),
             sessions: HashMap::new(),
@@ -178,7 +261,8 @@ impl Driver {
             refusal: None,
             first: Some(init.first),
             presence: HashMap::new(),
-            persist: Persister::new(cfg.queue_file.clone()),
+            presence_seen: HashMap::new(),
+            persist: Persister::new(cfg.queue_file.clone(), init.queue_lock),
             commands: init.commands,
             inbound_tx,
             inbound_rx,
@@ -204,7 +288,7 @@ impl Driver {
         self.maybe_dial(now);
         let shared = self.shared.clone();
         loop {
-            let wake = self.next_wake();
+            let wake = self.next_wake(Instant::now());
             let sleep = async move {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -232,12 +316,19 @@ impl Driver {
                 () = shared.spaces_changed.notified() => self.on_spaces_changed(),
                 () = sleep => {}
             }
-            let now = Instant::now();
-            self.on_timers(now);
-            self.drop_broken(now);
-            self.maybe_dial(now);
-            self.maybe_persist(now);
+            self.tick(Instant::now());
         }
+    }
+
+    /// What follows every event: timers, broken sessions, dialing, the
+    /// outboxes, the queue file.
+    fn tick(&mut self, now: Instant) {
+        self.on_timers(now);
+        self.drop_broken(now);
+        self.maybe_dial(now);
+        self.pump_all(now);
+        self.drop_broken(now);
+        self.maybe_persist(now);
     }
 
     fn on_command(&mut self, cmd: Command) {
@@ -247,15 +338,18 @@ impl Driver {
                 let _ = reply.send(result);
             }
             Command::Presence { space, state } => self.set_presence(space, state),
+            Command::Unsubscribe { space, reply } => {
+                self.unsubscribe(&space);
+                let _ = reply.send(());
+            }
             Command::Close { .. } => {}
         }
     }
 
     /// Subscribes new spaces (and presence) on the primary.
     fn on_spaces_changed(&mut self) {
-        let Some(p) = self.primary else { return };
-        for cell in self.shared.all_spaces() {
-            self.ensure_subscribed(p, &cell, cell.wants_presence());
+        if let Some(p) = self.primary {
+            self.subscribe_all(p);
         }
     }
 
@@ -263,8 +357,9 @@ impl Driver {
         for id in self.hedge_timers.pop_expired(now) {
             self.on_hedge_due(id, now);
         }
-        for id in self.retry_timers.pop_expired(now) {
-            self.on_retry_due(id, now);
+        let due = self.retry_timers.pop_expired(now);
+        if !due.is_empty() {
+            self.on_retry_due(due);
         }
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for sid in ids {
@@ -272,19 +367,32 @@ impl Driver {
             if hedge::is_stalled(s.ping.map(|p| p.1), s.last_heard, now, self.cfg.stall_timeout) {
                 let why = format!("stalled: no answer to a ping within {:?}", self.cfg.stall_timeout);
                 self.broken.push((sid, why));
-            } else if now >= s.next_ping {
+                continue;
+            }
+            if s.resync_at.is_some_and(|t| t <= now) {
+                self.resync(sid, now);
+            }
+            let Some(s) = self.sessions.get(&sid) else { continue };
+            if now >= s.next_ping {
                 self.ping(sid, now);
             } else if Some(sid) == self.hedge
                 && now >= s.last_used + HEDGE_IDLE
-                && !self.writes.values().any(|w| w.sent_on.contains(&sid))
+                && !self.writes.values().any(|w| w.is_on(sid))
             {
                 self.broken.push((sid, "hedge session idle".into()));
             }
         }
+        if let Some(p) = self.primary
+            && let Some(s) = self.sessions.get_mut(&p)
+            && s.healthy_at().is_some_and(|t| t <= now)
+        {
+            s.healthy = true;
+            self.backoff.reset();
+        }
     }
 
     /// The earliest moment something is due.
-    fn next_wake(&self) -> Option<Instant> {
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
         let mut at = |t: Option<Instant>| {
             if let Some(t) = t {
@@ -302,13 +410,20 @@ impl Driver {
             {
                 at(Some(sent + self.cfg.stall_timeout + Duration::from_millis(1)));
             }
-            if Some(s.id) == self.hedge && !self.writes.values().any(|w| w.sent_on.contains(&s.id)) {
+            if Some(s.id) == self.hedge && !self.writes.values().any(|w| w.is_on(s.id)) {
                 at(Some(s.last_used + HEDGE_IDLE));
+            }
+            at(s.resync_at);
+            if Some(s.id) == self.primary {
+                at(s.healthy_at());
+            }
+            if let Some(ops) = self.outbox_head_ops(s) {
+                at(Some(if ops == 0 { now } else { s.pacer.ready_at(ops, now) }));
             }
         }
         if self.primary.is_none() && !self.closing {
             if self.dials.is_empty() {
-                at(Some(self.reconnect_at.unwrap_or_else(Instant::now)));
+                at(Some(self.reconnect_at.unwrap_or(now)));
             } else if self.dials.len() == 1 && self.endpoints.len() > 1 {
                 at(self.dials.values().next().map(|d| d.started + self.cfg.dial_hedge_delay));
             }
@@ -347,10 +462,19 @@ impl Driver {
     /// queued, and in the queue file when there is one), writes the file.
     async fn shutdown(&mut self) -> Result<(), Error> {
         self.closing = true;
-        self.set_status(Status::Closed);
         for (_, s) in self.sessions.drain() {
             s.conn.shutdown();
         }
+        self.close_shared();
+        let bytes = queue::encode(self.shared.actor, self.clock.last(), &self.queue);
+        self.persist.finish(bytes).await
+    }
+
+    /// Tells every handle the client is closed: status, waiters, streams,
+    /// spaces not yet synced. Idempotent; also run when the driver is
+    /// dropped without a shutdown (a panic), so nothing waits forever.
+    fn close_shared(&mut self) {
+        self.set_status(Status::Closed);
         for w in self.writes.values_mut() {
             for tx in w.waiters.drain(..) {
                 let _ = tx.send(Err(Error::Closed));
@@ -370,7 +494,16 @@ impl Driver {
                 pending
             });
         }
-        let bytes = queue::encode(self.shared.actor, self.clock.last(), &self.queue);
-        self.persist.finish(bytes).await
+    }
+
+    /// Counts a new primary (see `Client::reconnects`).
+    fn count_connect(&self) {
+        self.shared.connects.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.close_shared();
     }
 }

@@ -10,22 +10,24 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::Error;
-use crate::queue::write_atomic;
+use crate::queue::{QueueLock, write_atomic};
 
 /// Longest a change of the queue waits before it is written.
 pub(super) const PERSIST_DELAY: Duration = Duration::from_millis(20);
 
 pub(super) struct Persister {
     path: Option<PathBuf>,
+    /// Held while the driver runs: one client per queue file.
+    _lock: Option<QueueLock>,
     tx: Option<watch::Sender<Option<Arc<Vec<u8>>>>>,
     task: Option<JoinHandle<()>>,
     due: Option<Instant>,
 }
 
 impl Persister {
-    /// A persister for `path` (`None`: nothing is written).
-    pub(super) fn new(path: Option<PathBuf>) -> Self {
-        let Some(path) = path else { return Persister { path: None, tx: None, task: None, due: None } };
+    /// A persister for `path` (`None`: nothing is written), holding its lock.
+    pub(super) fn new(path: Option<PathBuf>, lock: Option<QueueLock>) -> Self {
+        let Some(path) = path else { return Persister { path: None, _lock: lock, tx: None, task: None, due: None } };
         let (tx, mut rx) = watch::channel::<Option<Arc<Vec<u8>>>>(None);
         let file = path.clone();
         let task = tokio::spawn(async move {
@@ -39,7 +41,7 @@ impl Persister {
                 }
             }
         });
-        Persister { path: Some(path), tx: Some(tx), task: Some(task), due: None }
+        Persister { path: Some(path), _lock: lock, tx: Some(tx), task: Some(task), due: None }
     }
 
     /// The queue changed: write it within [`PERSIST_DELAY`].

@@ -1,25 +1,33 @@
 //! Relay sessions: dialing (round robin, backoff, racing a slow attempt),
 //! choosing the primary and the hedge, promotion on loss, subscriptions
-//! with resume info, pings.
+//! with resume info (within the relay's `maxSpaces`), the paced outbox,
+//! pings, unsubscribing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aether_proto::client::v1::{self as pb, ClientFrame, client_frame};
 
-use super::{Driver, HEDGE_RETRY, SEND_QUEUE_EXTRA};
+use super::{DEFAULT_LIMITS, Driver, HEALTHY_AFTER, HEDGE_RETRY, RETRY_MIN, SEND_QUEUE_EXTRA, WireId};
+use crate::backoff;
 use crate::client::Status;
 use crate::clock;
 use crate::error::Error;
 use crate::hedge::Rtt;
-use crate::shared::{Refusal, SpaceCell, lock};
-use crate::transport::{self, Connection, Dial, DialError, Established, SessionId};
+use crate::pace::Pacer;
+use crate::shared::{Refusal, SpaceCell, SyncState, lock};
+use crate::stream::PresenceEvent;
+use crate::transport::{self, ConnEvent, Connection, Dial, DialError, Established, Inbound, SessionId};
 
 /// A connection attempt in flight.
 pub(super) struct Dialing {
     pub endpoint: usize,
     pub started: Instant,
+    /// Events of the connection that arrived before the attempt's result
+    /// (its reader runs before the dialing task reports): replayed once the
+    /// session is adopted, so an early close is not lost.
+    pub early: Vec<ConnEvent>,
 }
 
 /// The result of an attempt.
@@ -33,6 +41,16 @@ pub(super) struct Sub {
     /// The catchup completed: `changes` follow.
     pub live: bool,
     pub presence: bool,
+}
+
+/// A frame waiting in a session's outbox for the pacer.
+pub(super) enum Out {
+    /// A frame for a space's channel (`None`: the session's first channel).
+    Frame { space: Option<String>, frame: ClientFrame },
+    /// A ping (its send time is taken when it leaves).
+    Ping(u64),
+    /// A write frame, built when it leaves from the writes it still carries.
+    Write(WireId),
 }
 
 /// A live connection to one relay.
@@ -51,6 +69,34 @@ pub(super) struct Session {
     pub next_ping: Instant,
     /// Last time a write was sent or acknowledged here.
     pub last_used: Instant,
+    /// This relay's limits (its `welcome`, defaults for what it left out).
+    pub limits: pb::Limits,
+    /// Paces the outbox to the relay's rate limit.
+    pub pacer: Pacer,
+    pub outbox: VecDeque<Out>,
+    pub welcomed: Instant,
+    /// When the first catchup on this session completed.
+    pub caught_up: Option<Instant>,
+    /// Stayed up long enough as the primary to reset the reconnect backoff.
+    pub healthy: bool,
+    /// A frame other than a write was refused as `rate-limited`: pending
+    /// subscriptions, the ping and presence are re-sent then.
+    pub resync_at: Option<Instant>,
+    pub resyncs: u32,
+}
+
+impl Session {
+    /// When this session counts as healthy (if it is not yet): its first
+    /// catchup plus [`HEALTHY_AFTER`] (its welcome's when it has no space),
+    /// and in any case ten times that after its welcome (a catchup may be long).
+    pub fn healthy_at(&self) -> Option<Instant> {
+        if self.healthy {
+            return None;
+        }
+        let latest = self.welcomed + HEALTHY_AFTER * 10;
+        let since = self.caught_up.or_else(|| self.spaces.is_empty().then_some(self.welcomed));
+        Some(since.map_or(latest, |t| (t + HEALTHY_AFTER).min(latest)))
+    }
 }
 
 impl Driver {
@@ -103,7 +149,7 @@ impl Driver {
     fn start_dial(&mut self, endpoint: usize, now: Instant) {
         let id = self.next_session;
         self.next_session += 1;
-        self.dials.insert(id, Dialing { endpoint, started: now });
+        self.dials.insert(id, Dialing { endpoint, started: now, early: Vec::new() });
         if self.primary.is_none() && !matches!(*self.shared.status.borrow(), Status::Offline { .. }) {
             self.set_status(Status::Connecting);
         }
@@ -142,7 +188,8 @@ impl Driver {
                     return;
                 }
                 tracing::info!(%url, relay = %est.welcome.relay, "connected");
-                self.adopt_welcome(&est.welcome);
+                let becomes_primary = self.primary.is_none();
+                let limits = self.adopt_welcome(&est.welcome, est.rtt, becomes_primary);
                 let session = Session {
                     id: dialed.session,
                     endpoint: d.endpoint,
@@ -155,14 +202,26 @@ impl Driver {
                     ping: None,
                     next_ping: now + self.cfg.ping_interval,
                     last_used: now,
+                    pacer: Pacer::new(limits.ops_per_sec, limits.burst, now),
+                    limits,
+                    outbox: VecDeque::new(),
+                    welcomed: now,
+                    caught_up: None,
+                    healthy: false,
+                    resync_at: None,
+                    resyncs: 0,
                 };
                 self.sessions.insert(dialed.session, session);
-                if self.primary.is_none() {
-                    self.become_primary(dialed.session, now);
+                if becomes_primary {
+                    self.become_primary(dialed.session);
                 } else {
                     self.hedge = Some(dialed.session);
                     self.hedge_skip = 0;
-                    self.serve_hedges(dialed.session, now);
+                    self.serve_hedges(dialed.session);
+                }
+                // What the connection said before we knew it (a close, most likely).
+                for event in d.early {
+                    self.on_inbound(Inbound { session: dialed.session, event });
                 }
             }
             Err(e) => {
@@ -174,19 +233,25 @@ impl Driver {
                     self.hedge_skip += 1;
                     return;
                 }
-                self.failed_attempts += 1;
-                self.failures.0.retain(|(u, _)| *u != url);
-                self.failures.0.push((url, e.to_string()));
-                if self.dials.is_empty() {
-                    self.reconnect_at = Some(now + self.backoff.next_delay(rand::random::<f64>()));
-                }
-                if self.failed_attempts >= self.endpoints.len() {
-                    let error = self.offline_error();
-                    self.set_status(Status::Offline { error: error.to_string() });
-                    if let Some(first) = self.first.take() {
-                        let _ = first.send(Err(error));
-                    }
-                }
+                self.record_failure(url, e.to_string(), now);
+            }
+        }
+    }
+
+    /// A failed attempt (or a session lost before it was healthy) while
+    /// there is no primary: backoff, and Offline once every endpoint failed.
+    fn record_failure(&mut self, url: String, why: String, now: Instant) {
+        self.failed_attempts += 1;
+        self.failures.0.retain(|(u, _)| *u != url);
+        self.failures.0.push((url, why));
+        if self.dials.is_empty() {
+            self.reconnect_at = Some(now + self.backoff.next_delay(rand::random::<f64>()));
+        }
+        if self.failed_attempts >= self.endpoints.len() {
+            let error = self.offline_error();
+            self.set_status(Status::Offline { error: error.to_string() });
+            if let Some(first) = self.first.take() {
+                let _ = first.send(Err(error));
             }
         }
     }
@@ -199,32 +264,44 @@ impl Driver {
         Error::Unreachable(self.failures.clone())
     }
 
-    /// Takes the relay's clock and limits from its greeting.
-    fn adopt_welcome(&mut self, w: &pb::Welcome) {
+    /// Takes the relay's clock and limits from its greeting; returns the
+    /// session's limits (the relay's, defaults for what it left out).
+    fn adopt_welcome(&mut self, w: &pb::Welcome, rtt: Duration, primary: bool) -> pb::Limits {
         if w.max_skew_ns > 0 && w.max_skew_ns != self.max_skew_ns {
             self.max_skew_ns = w.max_skew_ns;
             let last = self.clock.last();
             self.clock = aether_core::Hlc::new(self.shared.actor, w.max_skew_ns);
             self.clock.witness(last);
         }
-        if self.primary.is_none() && w.now_ns > 0 {
-            self.relay_offset_ns = Some(clock::relay_offset_ns(w.now_ns, clock::now_ns(), 0));
+        if primary && w.now_ns > 0 {
+            let rtt_ns = u64::try_from(rtt.as_nanos()).unwrap_or(u64::MAX);
+            self.relay_offset_ns = Some(clock::relay_offset_ns(w.now_ns, clock::now_ns(), rtt_ns));
         }
-        if let Some(l) = w.limits {
-            let keep = |new: u32, old: u32| if new > 0 { new } else { old };
-            self.limits = pb::Limits {
-                max_frame_bytes: keep(l.max_frame_bytes, self.limits.max_frame_bytes),
-                max_ops_per_write: keep(l.max_ops_per_write, self.limits.max_ops_per_write),
-                max_key_bytes: keep(l.max_key_bytes, self.limits.max_key_bytes),
-                max_value_bytes: keep(l.max_value_bytes, self.limits.max_value_bytes),
-                max_spaces: keep(l.max_spaces, self.limits.max_spaces),
-            };
+        let l = w.limits.unwrap_or_default();
+        let keep = |new: u32, old: u32| if new > 0 { new } else { old };
+        self.limits = pb::Limits {
+            max_frame_bytes: keep(l.max_frame_bytes, self.limits.max_frame_bytes),
+            max_ops_per_write: keep(l.max_ops_per_write, self.limits.max_ops_per_write),
+            max_key_bytes: keep(l.max_key_bytes, self.limits.max_key_bytes),
+            max_value_bytes: keep(l.max_value_bytes, self.limits.max_value_bytes),
+            max_spaces: keep(l.max_spaces, self.limits.max_spaces),
+            ops_per_sec: l.ops_per_sec,
+            burst: l.burst,
+        };
+        pb::Limits {
+            max_frame_bytes: keep(l.max_frame_bytes, DEFAULT_LIMITS.max_frame_bytes),
+            max_ops_per_write: keep(l.max_ops_per_write, DEFAULT_LIMITS.max_ops_per_write),
+            max_key_bytes: keep(l.max_key_bytes, DEFAULT_LIMITS.max_key_bytes),
+            max_value_bytes: keep(l.max_value_bytes, DEFAULT_LIMITS.max_value_bytes),
+            max_spaces: l.max_spaces,
+            ops_per_sec: l.ops_per_sec,
+            burst: l.burst,
         }
     }
 
-    /// Makes `sid` the primary: every space subscribed (resuming), every
-    /// queued write (re)sent, presence restored.
-    pub(super) fn become_primary(&mut self, sid: SessionId, now: Instant) {
+    /// Makes `sid` the primary: every space subscribed (resuming, within
+    /// `maxSpaces`), every queued write (re)sent (grouped), presence restored.
+    pub(super) fn become_primary(&mut self, sid: SessionId) {
         let Some(s) = self.sessions.get(&sid) else { return };
         self.primary = Some(sid);
         if self.hedge == Some(sid) {
@@ -232,7 +309,8 @@ impl Driver {
         }
         self.next_endpoint = (s.endpoint + 1) % self.endpoints.len().max(1);
         self.set_status(Status::Online { relay: s.relay.clone(), url: s.url.clone() });
-        self.backoff.reset();
+        self.count_connect();
+        // The backoff resets once this session proves healthy, not now.
         self.failures.0.clear();
         self.failed_attempts = 0;
         self.refusal = None;
@@ -240,19 +318,22 @@ impl Driver {
         if let Some(first) = self.first.take() {
             let _ = first.send(Ok(()));
         }
-        for cell in self.shared.all_spaces() {
-            self.ensure_subscribed(sid, &cell, cell.wants_presence());
-        }
+        self.subscribe_all(sid);
+        let mut resend = Vec::new();
         let ids: Vec<_> = self.queue.iter().map(|(id, _)| id).collect();
         for id in ids {
             let Some(w) = self.writes.get_mut(&id) else { continue };
             w.wants_hedge = false;
-            if w.sent_on.contains(&sid) {
-                self.arm_hedge(id, sid, now);
-            } else {
-                self.send_write(sid, id, now);
+            match w.sent_on.iter().find(|(s, _)| *s == sid) {
+                Some((_, wire)) => {
+                    if let Some(sent) = self.frames.get(wire).and_then(|f| f.sent_at) {
+                        self.arm_hedge(id, sid, sent);
+                    }
+                }
+                None => resend.push(id),
             }
         }
+        self.send_grouped(sid, resend);
         let presence: Vec<(String, bytes::Bytes)> = self.presence.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (space, state) in presence {
             if let Some(cell) = self.shared.get_space(&space) {
@@ -261,6 +342,38 @@ impl Driver {
             let frame =
                 ClientFrame { msg: Some(client_frame::Msg::Presence(pb::Presence { space: space.clone(), state })) };
             self.send(sid, Some(&space), frame);
+        }
+    }
+
+    /// Subscribes every space the client follows on `sid` (with presence
+    /// where wanted), spaces with queued writes first, then in creation
+    /// order, up to the relay's `maxSpaces`: the others are marked refused
+    /// (their `ready()` fails) instead of silently going stale.
+    pub(super) fn subscribe_all(&mut self, sid: SessionId) {
+        let Some(s) = self.sessions.get(&sid) else { return };
+        let max = s.limits.max_spaces as usize;
+        let url = s.url.clone();
+        let mut cells: Vec<Arc<SpaceCell>> =
+            self.shared.all_spaces().into_iter().filter(|c| c.is_subscribed()).collect();
+        let with_writes: std::collections::HashSet<&str> = self.queue.iter().map(|(_, w)| w.space.as_str()).collect();
+        cells.sort_by_key(|c| (!with_writes.contains(c.name.as_str()), c.order));
+        for cell in cells {
+            let Some(s) = self.sessions.get(&sid) else { return };
+            match s.spaces.get(&cell.name) {
+                // Followed again while kept subscribed for its writes: up to date.
+                Some(sub) if sub.live => {
+                    cell.set_synced(SyncState::Synced);
+                }
+                Some(_) => {}
+                None if max > 0 && s.spaces.len() >= max => {
+                    let message = format!("the relay allows {max} spaces per connection; unsubscribe another space");
+                    mark_refused(&cell, Refusal { relay: url.clone(), code: "too-many-spaces".into(), message });
+                    continue;
+                }
+                None => {}
+            }
+            let presence = cell.wants_presence() || self.presence.contains_key(&cell.name);
+            self.ensure_subscribed(sid, &cell, presence);
         }
     }
 
@@ -274,26 +387,74 @@ impl Driver {
     fn drop_session(&mut self, sid: SessionId, reason: &str, now: Instant) {
         let Some(s) = self.sessions.remove(&sid) else { return };
         s.conn.shutdown();
+        self.frames.retain(|_, f| f.session != sid);
         for w in self.writes.values_mut() {
-            w.sent_on.retain(|x| *x != sid);
+            w.sent_on.retain(|(x, _)| *x != sid);
         }
         if self.hedge == Some(sid) {
             self.hedge = None;
             tracing::debug!(url = %s.url, "hedge session closed: {reason}");
         }
-        if self.primary == Some(sid) {
-            self.primary = None;
-            self.relay_offset_ns = None;
-            tracing::warn!(url = %s.url, relay = %s.relay, "lost the relay: {reason}");
-            self.next_endpoint = (s.endpoint + 1) % self.endpoints.len().max(1);
-            match self.hedge.take() {
-                Some(h) => self.become_primary(h, now),
-                None => {
-                    // First attempt right away, at the next endpoint.
-                    self.reconnect_at = None;
-                    self.set_status(Status::Connecting);
-                }
+        if self.primary != Some(sid) {
+            self.settle_orphans();
+            return;
+        }
+        self.primary = None;
+        tracing::warn!(url = %s.url, relay = %s.relay, "lost the relay: {reason}");
+        self.presence_left_all();
+        self.next_endpoint = (s.endpoint + 1) % self.endpoints.len().max(1);
+        if let Some(h) = self.hedge.take() {
+            self.become_primary(h);
+            return;
+        }
+        self.set_status(Status::Connecting);
+        if s.healthy {
+            // It served well: first attempt right away, at the next endpoint.
+            self.reconnect_at = None;
+        } else {
+            // Closed soon after welcome: do not hammer relays that accept and drop.
+            self.record_failure(s.url, format!("closed soon after connecting: {reason}"), now);
+        }
+    }
+
+    /// After a session other than the primary is lost: writes it carried
+    /// that no session has any more go to the primary (or fail, when a
+    /// relay refused them for good meanwhile).
+    fn settle_orphans(&mut self) {
+        let orphans: Vec<_> = self
+            .queue
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| self.writes.get(id).is_some_and(|w| w.sent_on.is_empty()) && !self.retry_timers.is_armed(*id))
+            .collect();
+        let mut resend = Vec::new();
+        for id in orphans {
+            match self.writes.get_mut(&id).and_then(|w| w.refused.take()) {
+                Some(refusal) => self.fail_write(id, refusal),
+                None => resend.push(id),
             }
+        }
+        if let Some(p) = self.primary {
+            self.send_grouped(p, resend);
+        }
+    }
+
+    /// The primary is gone: the sessions it announced are gone for this
+    /// client too (the next primary announces who is there).
+    fn presence_left_all(&mut self) {
+        let spaces: Vec<String> = self.presence_seen.keys().cloned().collect();
+        for space in spaces {
+            self.presence_left(&space);
+        }
+    }
+
+    /// Announces every known session of `space` as gone.
+    pub(super) fn presence_left(&mut self, space: &str) {
+        let Some(seen) = self.presence_seen.remove(space) else { return };
+        let Some(cell) = self.shared.get_space(space) else { return };
+        let state = lock(&cell.state);
+        for (session, color) in seen {
+            let _ = state.presence.send(PresenceEvent { session, color, state: None });
         }
     }
 
@@ -308,21 +469,121 @@ impl Driver {
         s.spaces.insert(cell.name.clone(), Sub { live: false, presence });
         let frame = ClientFrame { msg: Some(client_frame::Msg::Subscribe(subscribe)) };
         self.send(sid, Some(&cell.name), frame);
+        // Refused before, asked again: `ready()` waits for this answer.
+        cell.synced.send_if_modified(|s| {
+            let refused = matches!(s, SyncState::Failed(_));
+            if refused {
+                *s = SyncState::Pending;
+            }
+            refused
+        });
     }
 
-    /// Queues a frame on a session; a session whose queue is full or closed is broken.
+    /// Queues a frame on a session's outbox (sent as the pacer allows).
     pub(super) fn send(&mut self, sid: SessionId, space: Option<&str>, frame: ClientFrame) -> bool {
+        self.push_out(sid, Out::Frame { space: space.map(str::to_string), frame }, false)
+    }
+
+    /// Appends (or, for pings, prepends) to a session's outbox and sends
+    /// what the pacer allows now. A session whose outbox overflows is broken.
+    pub(super) fn push_out(&mut self, sid: SessionId, out: Out, front: bool) -> bool {
+        let max = self.cfg.max_queued_ops.saturating_mul(2).saturating_add(SEND_QUEUE_EXTRA);
         let Some(s) = self.sessions.get_mut(&sid) else { return false };
-        match s.conn.send(space, frame) {
-            Ok(()) => true,
-            Err(e) => {
+        if s.outbox.len() >= max {
+            self.broken.push((sid, format!("{} frames wait for the relay's rate limit", s.outbox.len())));
+            return false;
+        }
+        if front {
+            s.outbox.push_front(out);
+        } else {
+            s.outbox.push_back(out);
+        }
+        self.pump(sid, Instant::now());
+        true
+    }
+
+    /// Sends what every outbox may send now.
+    pub(super) fn pump_all(&mut self, now: Instant) {
+        let ids: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| !s.outbox.is_empty()).map(|(id, _)| *id).collect();
+        for sid in ids {
+            self.pump(sid, now);
+        }
+    }
+
+    /// The ops the head of a session's outbox costs (1 for frames other
+    /// than writes; 0 for a write frame whose writes were all settled, which
+    /// leaves for free); `None` when the outbox is empty.
+    pub(super) fn outbox_head_ops(&self, s: &Session) -> Option<usize> {
+        Some(match s.outbox.front()? {
+            Out::Frame { .. } | Out::Ping(_) => 1,
+            Out::Write(wire) => self
+                .frames
+                .get(wire)
+                .map_or(0, |f| f.writes.iter().filter_map(|id| self.queue.get(*id)).map(|q| q.ops.len()).sum()),
+        })
+    }
+
+    /// Sends from the head of `sid`'s outbox while the pacer allows.
+    pub(super) fn pump(&mut self, sid: SessionId, now: Instant) {
+        let is_primary = self.primary == Some(sid);
+        loop {
+            let Some(s) = self.sessions.get(&sid) else { return };
+            let Some(ops) = self.outbox_head_ops(s) else { return };
+            let wire = match s.outbox.front() {
+                Some(Out::Write(wire)) => Some(*wire),
+                _ => None,
+            };
+            if ops == 0 {
+                // Every write of the frame was settled meanwhile: nothing to send.
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.outbox.pop_front();
+                }
+                if let Some(wire) = wire {
+                    self.frames.remove(&wire);
+                }
+                continue;
+            }
+            let Some(s) = self.sessions.get_mut(&sid) else { return };
+            if !s.pacer.try_take(ops, now) {
+                return;
+            }
+            let write = wire.and_then(|w| self.write_frame(w));
+            let Some(s) = self.sessions.get_mut(&sid) else { return };
+            let (space, frame) = match s.outbox.pop_front() {
+                Some(Out::Frame { space, frame }) => (space, frame),
+                Some(Out::Ping(nonce)) => {
+                    if let Some(p) = s.ping.as_mut()
+                        && p.0 == nonce
+                    {
+                        p.1 = now;
+                    }
+                    (None, ClientFrame { msg: Some(client_frame::Msg::Ping(pb::Ping { nonce })) })
+                }
+                Some(Out::Write(_)) => match write {
+                    Some((space, frame)) => (Some(space), frame),
+                    None => continue,
+                },
+                None => return,
+            };
+            if let Err(e) = s.conn.send(space.as_deref(), frame) {
                 self.broken.push((sid, e.to_string()));
-                false
+                return;
+            }
+            if let Some(wire) = wire {
+                s.last_used = now;
+                let Some(f) = self.frames.get_mut(&wire) else { continue };
+                f.sent_at = Some(now);
+                if is_primary {
+                    for id in f.writes.clone() {
+                        self.arm_hedge(id, sid, now);
+                    }
+                }
             }
         }
     }
 
-    /// Sends a ping unless one is outstanding.
+    /// Queues a ping (ahead of other frames) unless one is outstanding.
     pub(super) fn ping(&mut self, sid: SessionId, now: Instant) {
         let nonce = self.next_nonce;
         let interval = self.cfg.ping_interval;
@@ -333,8 +594,7 @@ impl Driver {
         }
         self.next_nonce += 1;
         s.ping = Some((nonce, now));
-        let frame = ClientFrame { msg: Some(client_frame::Msg::Ping(pb::Ping { nonce })) };
-        self.send(sid, None, frame);
+        self.push_out(sid, Out::Ping(nonce), true);
     }
 
     /// A pong: RTT sample, and the relay's clock for stamping.
@@ -357,5 +617,106 @@ impl Driver {
     /// The RTT estimate of a session (zero if unknown).
     pub(super) fn rtt(&self, sid: SessionId) -> Duration {
         self.sessions.get(&sid).map(|s| s.rtt.get()).unwrap_or_default()
+    }
+
+    /// The relay refused a frame other than a write as `rate-limited` (it
+    /// does not say which): resend later what may have been lost.
+    pub(super) fn schedule_resync(&mut self, sid: SessionId, now: Instant) {
+        let max = self.cfg.backoff_max.max(RETRY_MIN);
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        s.pacer.drain(now);
+        if s.resync_at.is_none() {
+            let delay = backoff::nth_delay(RETRY_MIN, max, s.resyncs, rand::random::<f64>());
+            s.resyncs = s.resyncs.saturating_add(1);
+            s.resync_at = Some(now + delay);
+        }
+    }
+
+    /// Re-sends what a `rate-limited` refusal may have dropped: the
+    /// subscriptions whose catchup has not begun to complete, the ping,
+    /// and (on the primary) presence.
+    pub(super) fn resync(&mut self, sid: SessionId, now: Instant) {
+        let is_primary = self.primary == Some(sid);
+        let Some(s) = self.sessions.get_mut(&sid) else { return };
+        s.resync_at = None;
+        let pending: Vec<String> = s.spaces.iter().filter(|(_, sub)| !sub.live).map(|(name, _)| name.clone()).collect();
+        for name in &pending {
+            s.spaces.remove(name);
+        }
+        let ping_lost = s.ping.is_some();
+        s.ping = None;
+        if is_primary {
+            self.subscribe_all(sid);
+            let presence: Vec<_> = self.presence.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            for (space, state) in presence {
+                let frame = ClientFrame {
+                    msg: Some(client_frame::Msg::Presence(pb::Presence { space: space.clone(), state })),
+                };
+                self.send(sid, Some(&space), frame);
+            }
+        } else {
+            for name in pending {
+                if let Some(cell) = self.shared.get_space(&name) {
+                    self.ensure_subscribed(sid, &cell, false);
+                }
+            }
+        }
+        if ping_lost {
+            self.ping(sid, now);
+        }
+    }
+
+    /// Stops following a space: no longer resubscribed; its presence left;
+    /// unsubscribed from the relays once its queued writes are settled.
+    pub(super) fn unsubscribe(&mut self, cell: &Arc<SpaceCell>) {
+        if cell.is_subscribed() {
+            // Followed again meanwhile (`Client::space`).
+            return;
+        }
+        if self.presence.remove(&cell.name).is_some()
+            && let Some(p) = self.primary
+        {
+            let frame = ClientFrame {
+                msg: Some(client_frame::Msg::Presence(pb::Presence {
+                    space: cell.name.clone(),
+                    state: Default::default(),
+                })),
+            };
+            self.send(p, Some(&cell.name), frame);
+        }
+        self.presence_left(&cell.name);
+        self.release_if_unwanted(cell);
+    }
+
+    /// Unsubscribes a space nobody follows from every session, once no
+    /// queued write needs it.
+    pub(super) fn release_if_unwanted(&mut self, cell: &Arc<SpaceCell>) {
+        if cell.is_subscribed() || self.writes.values().any(|w| Arc::ptr_eq(&w.space, cell)) {
+            return;
+        }
+        let ids: Vec<SessionId> =
+            self.sessions.iter().filter(|(_, s)| s.spaces.contains_key(&cell.name)).map(|(id, _)| *id).collect();
+        for &sid in &ids {
+            if let Some(s) = self.sessions.get_mut(&sid) {
+                s.spaces.remove(&cell.name);
+            }
+            let frame =
+                ClientFrame { msg: Some(client_frame::Msg::Unsubscribe(pb::Unsubscribe { space: cell.name.clone() })) };
+            self.send(sid, Some(&cell.name), frame);
+        }
+        // A slot freed up: spaces refused for `maxSpaces` may fit now.
+        if let Some(p) = self.primary
+            && ids.contains(&p)
+        {
+            self.subscribe_all(p);
+        }
+    }
+}
+
+/// A relay refused (or would refuse) the space's subscription: not synced
+/// any more, so its `ready()` fails instead of the replica silently going stale.
+pub(super) fn mark_refused(cell: &SpaceCell, refusal: Refusal) {
+    if cell.is_subscribed() {
+        cell.set_synced(SyncState::Failed(refusal));
     }
 }

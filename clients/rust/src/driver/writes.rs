@@ -1,31 +1,41 @@
 //! Writes: checked against the relay's limits, stamped with the client's
-//! HLC, applied to the replica at once, queued, sent to the primary; hedged
-//! to a second relay when overdue; resolved by the first ack; undone when a
-//! relay refuses them.
+//! HLC, applied to the replica at once, queued, sent to the primary (one
+//! frame per write; queued writes of a space grouped into multi-op frames
+//! when resent); hedged to a second relay when overdue; resolved by the
+//! first ack; retried with backoff when a relay cannot take them now; undone
+//! when refused for good.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use aether_core::Stamp;
 use aether_proto::client::v1::{self as pb, ClientFrame, client_frame};
 use bytes::Bytes;
+use prost::encoding::encoded_len_varint;
 use tokio::sync::oneshot;
 
-use super::{Driver, OVERLOAD_RETRY, WriteState};
+use super::sessions::Out;
+use super::{Driver, FRAME_MARGIN, Frame, RETRY_MIN, WireId, WriteState};
+use crate::backoff;
 use crate::clock;
 use crate::error::Error;
 use crate::hedge::hedge_deadline;
 use crate::queue::{QueuedOp, QueuedWrite, WriteId};
-use crate::replica::{Origin, stamp_to_pb};
+use crate::replica::{Origin, stamp_from_pb, stamp_to_pb};
 use crate::shared::{Mutation, Queued, Refusal, SpaceCell, lock};
 use crate::space::Acked;
 use crate::transport::SessionId;
 
-/// Retries of a write after `overloaded` or `not-subscribed` before it fails.
-const MAX_RETRIES: u32 = 20;
+/// Refusals that no relay and no retry will change: the write fails (once
+/// no other session may still ack it).
+const FINAL_CODES: [&str; 4] = ["bad-op", "forged-stamp", "too-many-ops", "bad-space"];
 
 impl Driver {
     /// Re-creates writes loaded from the queue file: applied to the replicas
     /// (offline-first reads see them), queued, sent once a relay is there.
+    /// What their keys held before is unknown: a refusal undoes them to
+    /// absent, and the resubscription by digests brings the relay's value back.
     pub(super) fn restore(&mut self, writes: Vec<QueuedWrite>, clock: &mut aether_core::Hlc) {
         let now = Instant::now();
         for w in writes {
@@ -41,19 +51,20 @@ impl Driver {
                     state.replica.apply_local(&op.key, value, op.stamp);
                 }
             }
+            let previous = vec![None; w.ops.len()];
             for id in self.queue.restore([w]) {
-                self.writes.insert(id, WriteState::new(cell.clone(), now, Vec::new(), Vec::new()));
+                self.writes.insert(id, WriteState::new(cell.clone(), now, previous.clone(), Vec::new()));
             }
         }
     }
 
     /// Checks, stamps, applies locally, queues and sends one write.
     pub(super) fn enqueue(&mut self, cell: Arc<SpaceCell>, ops: Vec<Mutation>, now: Instant) -> Result<Queued, Error> {
-        self.check_ops(&ops)?;
+        check_ops(&self.limits, &cell.name, &ops)?;
         if self.queue.ops() + ops.len() > self.cfg.max_queued_ops {
             return Err(Error::QueueFull { max: self.cfg.max_queued_ops });
         }
-        let wall = clock::stamp_time(clock::now_ns(), self.relay_offset_ns, self.max_skew_ns);
+        let wall = clock::stamp_wall(clock::now_ns(), self.relay_offset_ns, self.max_skew_ns);
         let mut queued_ops = Vec::with_capacity(ops.len());
         let mut previous = Vec::with_capacity(ops.len());
         {
@@ -74,49 +85,63 @@ impl Driver {
         let (done_tx, done) = oneshot::channel();
         self.writes.insert(id, WriteState::new(cell, now, previous, vec![done_tx]));
         if let Some(p) = self.primary {
-            self.send_write(p, id, now);
+            self.send_write(p, vec![id]);
         }
         self.persist.mark(now);
         self.publish_queue_len();
         Ok(Queued { stamps, done })
     }
 
-    /// Refuses what the relay would refuse (`bad-op`, `too-many-ops`), before
-    /// anything is applied.
-    fn check_ops(&self, ops: &[Mutation]) -> Result<(), Error> {
-        let l = &self.limits;
-        let invalid = |key: &str, reason: String| Err(Error::InvalidOp { key: key.to_string(), reason });
-        if ops.is_empty() {
-            return invalid("", "a write needs at least one op".into());
+    /// Sends writes `ids` (of one space) as one frame on session `sid`
+    /// (subscribing their space there first): queued in its outbox, built
+    /// and sent when the pacer allows.
+    pub(super) fn send_write(&mut self, sid: SessionId, ids: Vec<WriteId>) {
+        let ids: Vec<WriteId> = ids.into_iter().filter(|id| self.writes.contains_key(id)).collect();
+        let Some(first) = ids.first() else { return };
+        if !self.sessions.contains_key(&sid) {
+            return;
         }
-        if l.max_ops_per_write > 0 && ops.len() > l.max_ops_per_write as usize {
-            return invalid(
-                &ops[0].key,
-                format!("{} ops in one write, the relay allows {}", ops.len(), l.max_ops_per_write),
-            );
-        }
-        for m in ops {
-            if m.key.is_empty() || m.key.len() > l.max_key_bytes as usize {
-                return invalid(&m.key, format!("keys are 1-{} bytes of UTF-8", l.max_key_bytes));
-            }
-            if let Some((bytes, _)) = &m.value
-                && bytes.len() > l.max_value_bytes as usize
-            {
-                return invalid(
-                    &m.key,
-                    format!("value of {} bytes, the relay allows {}", bytes.len(), l.max_value_bytes),
-                );
+        let cell = self.writes[first].space.clone();
+        let presence = self.primary == Some(sid) && (cell.wants_presence() || self.presence.contains_key(&cell.name));
+        self.ensure_subscribed(sid, &cell, presence);
+        let wire = self.next_wire;
+        self.next_wire += 1;
+        for id in &ids {
+            if let Some(w) = self.writes.get_mut(id) {
+                w.sent_on.push((sid, wire));
             }
         }
-        Ok(())
+        self.frames.insert(wire, Frame { session: sid, space: cell.name.clone(), writes: ids, sent_at: None });
+        self.push_out(sid, Out::Write(wire), false);
     }
 
-    /// Sends write `id` on session `sid` (subscribing its space there first).
-    pub(super) fn send_write(&mut self, sid: SessionId, id: WriteId, now: Instant) {
-        let (Some(q), Some(w)) = (self.queue.get(id), self.writes.get(&id)) else { return };
-        let ops = q
-            .ops
+    /// Sends writes `ids` on `sid`, those of a space grouped into frames of
+    /// up to `maxOpsPerWrite` ops (and the burst, when paced) and the frame
+    /// size, in queue order; a key already in a frame starts the next one.
+    pub(super) fn send_grouped(&mut self, sid: SessionId, mut ids: Vec<WriteId>) {
+        let Some(s) = self.sessions.get(&sid) else { return };
+        let mut max_ops = (s.limits.max_ops_per_write as usize).max(1);
+        if let Some(burst) = s.pacer.burst_ops() {
+            max_ops = max_ops.min(burst.max(1));
+        }
+        let max_bytes = (s.limits.max_frame_bytes as usize).saturating_sub(FRAME_MARGIN);
+        ids.sort_unstable();
+        ids.dedup();
+        let writes = ids.iter().filter_map(|id| self.queue.get(*id).map(|q| (*id, q)));
+        for group in plan_groups(writes, max_ops, max_bytes) {
+            self.send_write(sid, group);
+        }
+    }
+
+    /// The frame of `wire` with the writes it still carries; `None` when
+    /// they were all settled.
+    pub(super) fn write_frame(&self, wire: WireId) -> Option<(String, ClientFrame)> {
+        let f = self.frames.get(&wire)?;
+        let ops: Vec<pb::Op> = f
+            .writes
             .iter()
+            .filter_map(|id| self.queue.get(*id))
+            .flat_map(|q| q.ops.iter())
             .map(|op| pb::Op {
                 key: op.key.clone(),
                 value: op.value.clone().unwrap_or_default(),
@@ -124,31 +149,20 @@ impl Driver {
                 stamp: Some(stamp_to_pb(op.stamp)),
             })
             .collect();
-        let space = q.space.clone();
-        let cell = w.space.clone();
-        let presence = self.primary == Some(sid) && cell.wants_presence();
-        self.ensure_subscribed(sid, &cell, presence);
-        let frame = ClientFrame { msg: Some(client_frame::Msg::Write(pb::Write { id, space: space.clone(), ops })) };
-        if !self.send(sid, Some(&space), frame) {
-            return;
+        if ops.is_empty() {
+            return None;
         }
-        if let Some(w) = self.writes.get_mut(&id) {
-            w.sent_on.push(sid);
-        }
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            s.last_used = now;
-        }
-        if self.primary == Some(sid) {
-            self.arm_hedge(id, sid, now);
-        }
+        let write = pb::Write { id: wire, space: f.space.clone(), ops };
+        Some((f.space.clone(), ClientFrame { msg: Some(client_frame::Msg::Write(write)) }))
     }
 
-    /// Arms the hedge timer of a write sent on the primary.
-    pub(super) fn arm_hedge(&mut self, id: WriteId, sid: SessionId, now: Instant) {
+    /// Arms the hedge timer of a write that left for the primary at `sent`.
+    pub(super) fn arm_hedge(&mut self, id: WriteId, sid: SessionId, sent: Instant) {
         if let Some(delay) = self.cfg.hedge_delay
             && self.endpoints.len() > 1
+            && self.writes.contains_key(&id)
         {
-            self.hedge_timers.arm(id, hedge_deadline(now, self.rtt(sid), delay));
+            self.hedge_timers.arm(id, hedge_deadline(sent, self.rtt(sid), delay));
         }
     }
 
@@ -158,54 +172,138 @@ impl Driver {
         let Some(w) = self.writes.get_mut(&id) else { return };
         let Some(p) = self.primary else { return };
         w.wants_hedge = true;
-        let sent_to_hedge = self.hedge.is_some_and(|h| w.sent_on.contains(&h));
+        let sent_to_hedge = self.hedge.is_some_and(|h| w.is_on(h));
         self.ping(p, now);
         if let Some(h) = self.hedge
             && !sent_to_hedge
         {
             tracing::debug!(write = id, "hedging");
-            self.send_write(h, id, now);
+            self.send_write(h, vec![id]);
         }
     }
 
     /// A new hedge session: send it every overdue write.
-    pub(super) fn serve_hedges(&mut self, sid: SessionId, now: Instant) {
+    pub(super) fn serve_hedges(&mut self, sid: SessionId) {
         let ids: Vec<WriteId> = self
             .queue
             .iter()
             .map(|(id, _)| id)
-            .filter(|id| self.writes.get(id).is_some_and(|w| w.wants_hedge && !w.sent_on.contains(&sid)))
+            .filter(|id| self.writes.get(id).is_some_and(|w| w.wants_hedge && !w.is_on(sid)))
             .collect();
-        for id in ids {
-            self.send_write(sid, id, now);
-        }
+        self.send_grouped(sid, ids);
     }
 
-    /// Resends a write after `overloaded` (to the primary).
-    pub(super) fn on_retry_due(&mut self, id: WriteId, now: Instant) {
-        if let Some(p) = self.primary
-            && self.writes.get(&id).is_some_and(|w| !w.sent_on.contains(&p))
-        {
-            self.send_write(p, id, now);
-        }
+    /// Resends writes whose retry delay passed, to the primary (grouped).
+    /// Without a primary they wait for the next one, which gets every write.
+    pub(super) fn on_retry_due(&mut self, ids: Vec<WriteId>) {
+        let Some(p) = self.primary else { return };
+        let ids = ids.into_iter().filter(|id| self.writes.get(id).is_some_and(|w| !w.is_on(p))).collect();
+        self.send_grouped(p, ids);
     }
 
-    /// A relay could not take write `id` now: resend it later (or at once
-    /// on the same session after resubscribing), failing after `MAX_RETRIES`.
-    pub(super) fn retry_write(&mut self, sid: SessionId, id: WriteId, later: bool, last: Refusal, now: Instant) {
+    /// A relay could not take write `id` now: resend it after a backoff
+    /// that grows with refusals in a row on the same session (and at least
+    /// `at_least`). No cap: the write stays queued until a relay takes it.
+    fn schedule_retry(&mut self, id: WriteId, sid: SessionId, at_least: Duration, now: Instant) {
+        let max = self.cfg.backoff_max.max(RETRY_MIN);
         let Some(w) = self.writes.get_mut(&id) else { return };
-        w.sent_on.retain(|s| *s != sid);
-        w.retries += 1;
-        if w.retries > MAX_RETRIES {
-            let message = format!("{} (after {MAX_RETRIES} retries)", last.message);
-            self.fail_write(id, Refusal { message, ..last });
+        let n = match w.retry {
+            Some((s, n)) if s == sid => n.saturating_add(1),
+            _ => 1,
+        };
+        w.retry = Some((sid, n));
+        let delay = backoff::nth_delay(RETRY_MIN, max, n - 1, rand::random::<f64>()).max(at_least);
+        self.retry_timers.arm(id, now + delay);
+    }
+
+    /// An ack (or `quorum-timeout`) of frame `wire`: each of its writes resolves.
+    pub(super) fn on_ack(&mut self, sid: SessionId, wire: WireId, quorum: bool, now: Instant) {
+        let Some(f) = self.frames.remove(&wire) else { return };
+        for id in f.writes {
+            self.resolve_write(sid, id, quorum, now);
+        }
+    }
+
+    /// A relay refused frame `wire`.
+    pub(super) fn on_write_error(&mut self, sid: SessionId, wire: WireId, refusal: Refusal, now: Instant) {
+        let Some(f) = self.frames.remove(&wire) else { return };
+        let ids: Vec<WriteId> = f.writes.into_iter().filter(|id| self.writes.contains_key(id)).collect();
+        for id in &ids {
+            if let Some(w) = self.writes.get_mut(id) {
+                w.sent_on.retain(|x| *x != (sid, wire));
+            }
+        }
+        let code = refusal.code.as_str();
+        if FINAL_CODES.contains(&code) {
+            if ids.len() > 1 {
+                // One op refuses the whole frame: each write on its own tells which.
+                for id in ids {
+                    self.send_write(sid, vec![id]);
+                }
+                return;
+            }
+            for id in ids {
+                let Some(w) = self.writes.get_mut(&id) else { continue };
+                if w.sent_on.is_empty() {
+                    self.fail_write(id, refusal.clone());
+                } else {
+                    // Another relay has it and may still take it.
+                    w.refused = Some(refusal.clone());
+                }
+            }
             return;
         }
-        if later {
-            let jitter = OVERLOAD_RETRY.mul_f64(rand::random::<f64>());
-            self.retry_timers.arm(id, now + OVERLOAD_RETRY + jitter);
-        } else {
-            self.send_write(sid, id, now);
+        match code {
+            // Durable there, not yet at the write quorum: it will replicate.
+            "quorum-timeout" => {
+                for id in ids {
+                    self.resolve_write(sid, id, false, now);
+                }
+            }
+            // The WAL failed: try another relay (the writes go with the session).
+            "unavailable" => self.broken.push((sid, format!("relay unavailable: {}", refusal.message))),
+            "future-stamp" => {
+                // Retry once the relay's clock caught up with the stamps.
+                let local = clock::now_ns();
+                for id in ids {
+                    let wait = self.queue.get(id).map_or(Duration::ZERO, |q| {
+                        let ahead = q.ops.iter().map(|op| op.stamp.wall_ns).max().unwrap_or(0);
+                        clock::future_stamp_wait(ahead, local, self.relay_offset_ns, self.max_skew_ns)
+                    });
+                    self.schedule_retry(id, sid, wait, now);
+                }
+                // A fresh clock sample for the next estimate.
+                self.ping(sid, now);
+            }
+            _ => {
+                if code == "not-subscribed"
+                    && let Some(s) = self.sessions.get_mut(&sid)
+                {
+                    s.spaces.remove(&f.space);
+                }
+                if code == "rate-limited"
+                    && let Some(s) = self.sessions.get_mut(&sid)
+                {
+                    s.pacer.drain(now);
+                }
+                // overloaded, write-failed, rate-limited, not-subscribed and
+                // codes this client does not know: resending is harmless.
+                for id in ids {
+                    self.schedule_retry(id, sid, Duration::ZERO, now);
+                }
+            }
+        }
+    }
+
+    /// Takes write `id` out of the frames that carry it.
+    fn detach(&mut self, id: WriteId, sent_on: &[(SessionId, WireId)]) {
+        for (_, wire) in sent_on {
+            if let Some(f) = self.frames.get_mut(wire) {
+                f.writes.retain(|x| *x != id);
+                if f.writes.is_empty() {
+                    self.frames.remove(wire);
+                }
+            }
         }
     }
 
@@ -214,6 +312,7 @@ impl Driver {
     pub(super) fn resolve_write(&mut self, sid: SessionId, id: WriteId, quorum: bool, now: Instant) {
         let Some(w) = self.writes.remove(&id) else { return };
         let Some(q) = self.queue.remove(id) else { return };
+        self.detach(id, &w.sent_on);
         self.hedge_timers.disarm(id);
         self.retry_timers.disarm(id);
         let (relay, url) = match self.sessions.get_mut(&sid) {
@@ -228,21 +327,24 @@ impl Driver {
             relay,
             url,
             latency: now.saturating_duration_since(w.queued_at),
-            superseded: w.superseded,
+            superseded: !w.superseded.is_empty(),
             quorum,
         };
         for tx in w.waiters {
             let _ = tx.send(Ok(acked.clone()));
         }
+        self.release_if_unwanted(&w.space);
         self.persist.mark(now);
         self.publish_queue_len();
     }
 
-    /// A relay refused write `id`: it leaves the queue, its ops are undone in
-    /// the replica (raising `Origin::Rejected` changes) and its waiters get `error`.
+    /// A relay refused write `id` for good: it leaves the queue, its ops are
+    /// undone in the replica (raising `Origin::Rejected` changes) and its
+    /// waiters get `error`.
     pub(super) fn fail_write(&mut self, id: WriteId, error: Refusal) {
         let Some(w) = self.writes.remove(&id) else { return };
         let Some(q) = self.queue.remove(id) else { return };
+        self.detach(id, &w.sent_on);
         self.hedge_timers.disarm(id);
         self.retry_timers.disarm(id);
         tracing::warn!(space = %q.space, write = id, code = %error.code, "write refused: {}", error.message);
@@ -261,13 +363,17 @@ impl Driver {
             for s in self.sessions.values_mut() {
                 s.spaces.remove(&w.space.name);
             }
-            if let Some(p) = self.primary {
-                self.ensure_subscribed(p, &w.space, w.space.wants_presence());
+            if let Some(p) = self.primary
+                && w.space.is_subscribed()
+            {
+                let presence = w.space.wants_presence() || self.presence.contains_key(&w.space.name);
+                self.ensure_subscribed(p, &w.space, presence);
             }
         }
         for tx in w.waiters {
             let _ = tx.send(Err(error.clone().into()));
         }
+        self.release_if_unwanted(&w.space);
         self.persist.mark(Instant::now());
         self.publish_queue_len();
     }
@@ -286,16 +392,30 @@ impl Driver {
         self.send(p, Some(&cell.name), frame);
     }
 
-    /// Merges a `superseded` winner (raising an `Origin::Superseded` change
-    /// when it changes the replica) and marks the write.
-    /// One of our ops lost its LWW race. Watchers always hear of it once (an
-    /// `Origin::Superseded` change holding the winner), even when the winner
-    /// had already reached the replica through a catchup or a change.
+    /// One of our ops lost its LWW race: the winner is merged (raising an
+    /// `Origin::Superseded` change when it changes the replica) and the
+    /// write is marked. Watchers hear of each losing key of a write once,
+    /// even when the winner had already reached the replica through a
+    /// catchup or a change, and not again when a second relay (a hedge)
+    /// reports the same loss.
     pub(super) fn on_superseded(&mut self, sup: pb::Superseded) {
-        let first = self.writes.get_mut(&sup.id).is_none_or(|w| !std::mem::replace(&mut w.superseded, true));
+        // Lost to a later write of our own (a retry that reached the relay
+        // after it): not a lost race anyone needs to hear of.
+        if sup.winner.as_ref().and_then(|w| w.stamp).is_some_and(|s| s.actor == self.shared.actor) {
+            return;
+        }
+        let yours = sup.yours.map(stamp_from_pb);
+        let write = self.frames.get(&sup.id).and_then(|f| {
+            f.writes.iter().copied().find(|id| {
+                self.queue
+                    .get(*id)
+                    .is_some_and(|q| q.ops.iter().any(|op| op.key == sup.key && yours.is_none_or(|y| y == op.stamp)))
+            })
+        });
+        let first = write.and_then(|id| self.writes.get_mut(&id)).is_some_and(|w| w.superseded.insert(sup.key.clone()));
         let (Some(winner), Some(cell)) = (sup.winner, self.shared.get_space(&sup.space)) else { return };
         let mut state = lock(&cell.state);
-        let stamp = winner.stamp.map(crate::replica::stamp_from_pb);
+        let stamp = winner.stamp.map(stamp_from_pb);
         let parsed =
             (!winner.delete).then(|| serde_json::from_slice::<serde_json::Value>(&winner.value).ok()).flatten();
         let change = match state.replica.apply_remote(winner, Origin::Superseded) {
@@ -318,22 +438,214 @@ impl Driver {
     }
 }
 
-impl WriteState {
-    fn new(
-        space: Arc<SpaceCell>,
-        queued_at: Instant,
-        previous: Vec<Option<aether_core::Entry>>,
-        waiters: Vec<oneshot::Sender<Result<Acked, Error>>>,
-    ) -> Self {
-        WriteState {
-            space,
-            queued_at,
-            sent_on: Vec::new(),
-            wants_hedge: false,
-            superseded: false,
-            retries: 0,
-            previous,
-            waiters,
+/// Refuses what the relay would refuse (`bad-op`, `too-many-ops`, a frame
+/// over `maxFrameBytes`) and a key written twice in one write, before
+/// anything is applied.
+pub(super) fn check_ops(l: &pb::Limits, space: &str, ops: &[Mutation]) -> Result<(), Error> {
+    let invalid = |key: &str, reason: String| Err(Error::InvalidOp { key: key.to_string(), reason });
+    if ops.is_empty() {
+        return invalid("", "a write needs at least one op".into());
+    }
+    if l.max_ops_per_write > 0 && ops.len() > l.max_ops_per_write as usize {
+        return invalid(
+            &ops[0].key,
+            format!("{} ops in one write, the relay allows {}", ops.len(), l.max_ops_per_write),
+        );
+    }
+    let mut keys = HashSet::with_capacity(ops.len());
+    let max_stamp = Stamp { wall_ns: u64::MAX, counter: u32::MAX, actor: u64::MAX };
+    let mut bytes = write_base_len(space);
+    for m in ops {
+        if m.key.is_empty() || m.key.len() > l.max_key_bytes as usize {
+            return invalid(&m.key, format!("keys are 1-{} bytes of UTF-8", l.max_key_bytes));
         }
+        if !keys.insert(m.key.as_str()) {
+            return invalid(&m.key, "the key appears more than once in one write; set each key once".into());
+        }
+        if let Some((value, _)) = &m.value
+            && value.len() > l.max_value_bytes as usize
+        {
+            return invalid(&m.key, format!("value of {} bytes, the relay allows {}", value.len(), l.max_value_bytes));
+        }
+        bytes += field_len(op_len(&m.key, m.value.as_ref().map(|(b, _)| b), max_stamp));
+    }
+    let frame = frame_len(bytes);
+    if l.max_frame_bytes > 0 && frame > l.max_frame_bytes as usize {
+        return invalid(
+            &ops[0].key,
+            format!("the write takes {frame} bytes, the relay's frames are at most {}; split it", l.max_frame_bytes),
+        );
+    }
+    Ok(())
+}
+
+/// Encoded length of a length-delimited field with a one-byte tag.
+fn field_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+/// Encoded length of an `Op` (without its field header).
+fn op_len(key: &str, value: Option<&Bytes>, stamp: Stamp) -> usize {
+    let key = if key.is_empty() { 0 } else { field_len(key.len()) };
+    let value = match value {
+        Some(v) if !v.is_empty() => field_len(v.len()),
+        Some(_) => 0,
+        // `delete: true`: tag and one byte.
+        None => 2,
+    };
+    key + value + field_len(prost::Message::encoded_len(&stamp_to_pb(stamp)))
+}
+
+/// Encoded length of a `Write`'s id (at its largest) and space.
+fn write_base_len(space: &str) -> usize {
+    1 + 10 + if space.is_empty() { 0 } else { field_len(space.len()) }
+}
+
+/// Encoded length of the `ClientFrame` around a `Write` of `write_len` bytes.
+fn frame_len(write_len: usize) -> usize {
+    field_len(write_len)
+}
+
+/// Splits queued writes (in queue order) into frames: per space, up to
+/// `max_ops` ops and `max_bytes` bytes each (a write alone may exceed them),
+/// a frame closing when a write's key is already in it (a later write of a
+/// key must not reach the relay first). Frames of a space keep their order.
+pub(super) fn plan_groups<'a>(
+    writes: impl Iterator<Item = (WriteId, &'a QueuedWrite)>,
+    max_ops: usize,
+    max_bytes: usize,
+) -> Vec<Vec<WriteId>> {
+    struct Group<'a> {
+        ids: Vec<WriteId>,
+        ops: usize,
+        bytes: usize,
+        keys: HashSet<&'a str>,
+    }
+    let mut open: HashMap<&'a str, Group<'a>> = HashMap::new();
+    let mut out = Vec::new();
+    for (id, w) in writes {
+        let bytes: usize = w.ops.iter().map(|op| field_len(op_len(&op.key, op.value.as_ref(), op.stamp))).sum();
+        let space = w.space.as_str();
+        if let Some(g) = open.get(space)
+            && (g.ops + w.ops.len() > max_ops
+                || frame_len(g.bytes + bytes) > max_bytes
+                || w.ops.iter().any(|op| g.keys.contains(op.key.as_str())))
+            && let Some(g) = open.remove(space)
+        {
+            out.push(g.ids);
+        }
+        let g = open.entry(space).or_insert_with(|| Group {
+            ids: Vec::new(),
+            ops: 0,
+            bytes: write_base_len(space),
+            keys: HashSet::new(),
+        });
+        g.ids.push(id);
+        g.ops += w.ops.len();
+        g.bytes += bytes;
+        g.keys.extend(w.ops.iter().map(|op| op.key.as_str()));
+    }
+    // The frames still open, in queue order of their first write.
+    let mut rest: Vec<Vec<WriteId>> = open.into_values().map(|g| g.ids).collect();
+    rest.sort_unstable_by_key(|ids| ids[0]);
+    out.extend(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    const ACTOR: u64 = (1 << 63) | 5;
+
+    fn op(key: &str, value: Option<&str>, wall: u64) -> QueuedOp {
+        QueuedOp {
+            key: key.into(),
+            value: value.map(|v| Bytes::from(v.to_string())),
+            stamp: Stamp { wall_ns: wall, counter: 0, actor: ACTOR },
+        }
+    }
+
+    fn mutation(key: &str, value: &str) -> Mutation {
+        Mutation {
+            key: key.into(),
+            value: Some((Bytes::from(value.to_string()), serde_json::from_str(value).unwrap())),
+        }
+    }
+
+    #[test]
+    fn computed_lengths_match_the_encoded_frame() {
+        let w = QueuedWrite {
+            space: "board".into(),
+            ops: vec![
+                op("k", Some("{\"a\":1}"), 1_800_000_000_000_000_000),
+                op("gone", None, 7),
+                op(&"x".repeat(300), Some(&"9".repeat(200)), 1),
+            ],
+        };
+        let ops: Vec<pb::Op> = w
+            .ops
+            .iter()
+            .map(|o| pb::Op {
+                key: o.key.clone(),
+                value: o.value.clone().unwrap_or_default(),
+                delete: o.value.is_none(),
+                stamp: Some(stamp_to_pb(o.stamp)),
+            })
+            .collect();
+        let id = u64::MAX;
+        let frame = ClientFrame { msg: Some(client_frame::Msg::Write(pb::Write { id, space: w.space.clone(), ops })) };
+        let computed: usize = w.ops.iter().map(|o| field_len(op_len(&o.key, o.value.as_ref(), o.stamp))).sum();
+        assert_eq!(frame_len(write_base_len(&w.space) + computed), frame.encoded_len());
+    }
+
+    #[test]
+    fn groups_respect_spaces_order_sizes_and_repeated_keys() {
+        let w = |space: &str, keys: &[&str]| QueuedWrite {
+            space: space.into(),
+            ops: keys.iter().map(|k| op(k, Some("1"), 10)).collect(),
+        };
+        let writes = [
+            (1, w("a", &["k1"])),
+            (2, w("b", &["k1"])),
+            (3, w("a", &["k2", "k3"])),
+            (4, w("a", &["k1"])), // k1 again: a new frame for a
+            (5, w("a", &["k4"])),
+            (6, w("b", &["k2"])),
+        ];
+        let plan = plan_groups(writes.iter().map(|(id, w)| (*id, w)), 256, 1 << 20);
+        assert_eq!(plan, vec![vec![1, 3], vec![2, 6], vec![4, 5]]);
+        // At most 2 ops per frame; a write larger than that goes alone.
+        let big = [(1, w("a", &["x"])), (2, w("a", &["y", "z", "t"])), (3, w("a", &["u"])), (4, w("a", &["v"]))];
+        let plan = plan_groups(big.iter().map(|(id, w)| (*id, w)), 2, 1 << 20);
+        assert_eq!(plan, vec![vec![1], vec![2], vec![3, 4]]);
+        // The frame size bounds groups too.
+        let one = frame_len(
+            write_base_len("a") + field_len(op_len("x", Some(&Bytes::from_static(b"1")), op("x", None, 10).stamp)),
+        );
+        let plan = plan_groups(big[2..].iter().map(|(id, w)| (*id, w)), 256, one + 5);
+        assert_eq!(plan, vec![vec![3], vec![4]]);
+    }
+
+    #[test]
+    fn checks_refuse_repeated_keys_and_oversized_frames() {
+        let limits = super::super::DEFAULT_LIMITS;
+        assert!(check_ops(&limits, "s", &[mutation("a", "1"), mutation("b", "2")]).is_ok());
+        let err = check_ops(&limits, "s", &[mutation("a", "1"), mutation("b", "2"), mutation("a", "3")]).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidOp { key, reason } if key == "a" && reason.contains("more than once")),
+            "{err}"
+        );
+        assert!(check_ops(&limits, "s", &[]).is_err());
+        assert!(check_ops(&limits, "s", &[mutation("", "1")]).is_err());
+        let too_many: Vec<_> = (0..257).map(|i| mutation(&format!("k{i}"), "1")).collect();
+        assert!(check_ops(&limits, "s", &too_many).unwrap_err().to_string().contains("257 ops"));
+        // 100 values of 30 KiB each are fine one by one, not in one frame.
+        let value = format!("\"{}\"", "v".repeat(30_000));
+        let big: Vec<_> = (0..100).map(|i| mutation(&format!("k{i}"), &value)).collect();
+        let err = check_ops(&limits, "s", &big).unwrap_err().to_string();
+        assert!(err.contains("frames are at most"), "{err}");
+        assert!(check_ops(&limits, "s", &big[..8]).is_ok());
     }
 }

@@ -138,6 +138,13 @@ enum Channels {
 pub struct SendError;
 
 impl Connection {
+    /// A connection whose frames go to the returned receiver (driver tests).
+    #[cfg(test)]
+    pub(crate) fn fake(queue: usize) -> (Connection, mpsc::Receiver<ClientFrame>) {
+        let (tx, rx) = mpsc::channel(queue);
+        (Connection { channels: Channels::Ws(tx), tasks: Tasks::default() }, rx)
+    }
+
     /// Queues `frame` on the channel of `space` (`None`: the session's
     /// first channel, for pings). Never waits.
     pub fn send(&mut self, space: Option<&str>, frame: ClientFrame) -> Result<(), SendError> {

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aether_proto::client::v1::{ClientFrame, ServerFrame};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use quinn::crypto::rustls::QuicClientConfig;
 use tokio::sync::mpsc;
 
@@ -33,16 +35,17 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// The connection is declared lost after this much silence (keep-alives included).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Delay before racing the next address of a name while an attempt is
+/// pending (RFC 8305's connection attempt delay).
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
 pub(super) async fn dial(d: Dial<'_>) -> Result<Established, DialError> {
     let failed = |what: &str, e: &dyn std::fmt::Display| DialError::Failed(format!("{what}: {e}"));
-    let addr = tokio::net::lookup_host(d.endpoint.host_port())
-        .await
-        .map_err(|e| failed("resolving", &e))?
-        .next()
-        .ok_or_else(|| DialError::Failed(format!("{} resolves to no address", d.endpoint.host())))?;
-    let bind: SocketAddr =
-        if addr.is_ipv6() { (Ipv6Addr::UNSPECIFIED, 0).into() } else { (Ipv4Addr::UNSPECIFIED, 0).into() };
-    let endpoint = quinn::Endpoint::client(bind).map_err(|e| failed("binding a UDP socket", &e))?;
+    let addrs: Vec<SocketAddr> =
+        tokio::net::lookup_host(d.endpoint.host_port()).await.map_err(|e| failed("resolving", &e))?.collect();
+    if addrs.is_empty() {
+        return Err(DialError::Failed(format!("{} resolves to no address", d.endpoint.host())));
+    }
     let crypto = QuicClientConfig::try_from(d.tls.quic.clone()).map_err(|e| failed("QUIC TLS config", &e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -50,11 +53,24 @@ pub(super) async fn dial(d: Dial<'_>) -> Result<Established, DialError> {
     transport.max_idle_timeout(Some(IDLE_TIMEOUT.try_into().map_err(|e| failed("idle timeout", &e))?));
     config.transport_config(Arc::new(transport));
 
-    let conn = endpoint
-        .connect_with(config, addr, d.endpoint.host())
-        .map_err(|e| failed("QUIC connect", &e))?
-        .await
-        .map_err(|e| failed("QUIC handshake", &e))?;
+    // Every address in turn (e.g. `localhost`: ::1, then 127.0.0.1), the
+    // next one raced after ATTEMPT_DELAY: a silent address costs that much.
+    let host = d.endpoint.host();
+    let attempt = |addr: SocketAddr| {
+        let config = config.clone();
+        async move {
+            let bind: SocketAddr =
+                if addr.is_ipv6() { (Ipv6Addr::UNSPECIFIED, 0).into() } else { (Ipv4Addr::UNSPECIFIED, 0).into() };
+            let endpoint = quinn::Endpoint::client(bind).map_err(|e| format!("{addr}: binding a UDP socket: {e}"))?;
+            let conn = endpoint
+                .connect_with(config, addr, host)
+                .map_err(|e| format!("{addr}: QUIC connect: {e}"))?
+                .await
+                .map_err(|e| format!("{addr}: QUIC handshake: {e}"))?;
+            Ok::<_, String>((endpoint, conn))
+        }
+    };
+    let (endpoint, conn) = race(addrs, ATTEMPT_DELAY, attempt).await.map_err(|e| DialError::Failed(e.join("; ")))?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed("opening a stream", &e))?;
 
     let started = Instant::now();
@@ -94,6 +110,40 @@ pub(super) async fn dial(d: Dial<'_>) -> Result<Established, DialError> {
         send_queue: d.send_queue.max(1),
     };
     Ok(Established { conn: Connection { channels: Channels::Quic(channels), tasks }, welcome, rtt })
+}
+
+/// Tries `addrs` in order: the next attempt starts when every pending one
+/// failed, or `stagger` after the previous start; the first success wins.
+/// Otherwise every attempt's error, in order of failure.
+async fn race<A, T, F, Fut>(addrs: Vec<A>, stagger: Duration, mut attempt: F) -> Result<T, Vec<String>>
+where
+    F: FnMut(A) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut next = addrs.into_iter();
+    let mut pending = FuturesUnordered::new();
+    let mut errors = Vec::new();
+    let mut next_at = tokio::time::Instant::now();
+    loop {
+        if pending.is_empty() || tokio::time::Instant::now() >= next_at {
+            match next.next() {
+                Some(a) => {
+                    pending.push(attempt(a));
+                    next_at = tokio::time::Instant::now() + stagger;
+                }
+                None if pending.is_empty() => return Err(errors),
+                None => next_at = tokio::time::Instant::now() + Duration::from_secs(3600),
+            }
+        }
+        tokio::select! {
+            r = pending.next() => match r {
+                Some(Ok(t)) => return Ok(t),
+                Some(Err(e)) => errors.push(e),
+                None => {}
+            },
+            () = tokio::time::sleep_until(next_at) => {}
+        }
+    }
 }
 
 /// The streams of one QUIC connection.
@@ -212,5 +262,36 @@ async fn read_loop(
             Ok(None) => return Some("stream closed by the relay".into()),
             Err(e) => return Some(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn attempt(addr: (u32, Option<bool>)) -> Result<u32, String> {
+        match addr.1 {
+            Some(true) => Ok(addr.0),
+            Some(false) => Err(format!("{} refused", addr.0)),
+            None => std::future::pending().await,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_address_is_tried_in_turn() {
+        let ms = Duration::from_millis;
+        // The first refuses at once: the second is tried without waiting.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(race(vec![(1, Some(false)), (2, Some(true))], ms(250), attempt).await, Ok(2));
+        assert_eq!(t0.elapsed(), ms(0));
+        // The first never answers: the second starts after the stagger and wins.
+        assert_eq!(race(vec![(1, None), (2, Some(true))], ms(250), attempt).await, Ok(2));
+        assert_eq!(t0.elapsed(), ms(250));
+        // All fail: every error, in order.
+        let errs = race(vec![(1, Some(false)), (2, Some(false)), (3, Some(false))], ms(250), attempt).await;
+        assert_eq!(errs, Err(vec!["1 refused".into(), "2 refused".into(), "3 refused".into()]));
+        // The first works: the others are never tried.
+        assert_eq!(race(vec![(1, Some(true)), (2, None)], ms(250), attempt).await, Ok(1));
+        assert!(race(Vec::<(u32, Option<bool>)>::new(), ms(250), attempt).await.unwrap_err().is_empty());
     }
 }

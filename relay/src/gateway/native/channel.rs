@@ -15,25 +15,19 @@ use futures_util::stream::FuturesUnordered;
 use pb::server_frame::Msg as S;
 use tokio::sync::mpsc;
 
-use super::{End, Fatal, Identity, Inbound, Out, error_frame};
+use super::{End, Fatal, Inbound, Out, Session, error_frame, send_all};
 use crate::config::AckMode;
-use crate::fanout::{OpEvent, Outbound, PresenceEvent, Subscriber};
+use crate::fanout::{Outbound, PresenceEvent, Subscriber};
 use crate::gateway::GatewayCtx;
-use crate::gateway::ws_json::close;
-use crate::limits::TokenBucket;
+use crate::gateway::ws_json::{BACKLOG_FACTOR, EDGE_JOIN_TIMEOUT, WRITE_BATCH, close};
 use crate::node::{Stamped, WriteError, now_ns};
 use crate::replication::QuorumState;
 use crate::space::SpaceHub;
 
-/// Most queued events written before one flush.
-const WRITE_BATCH: usize = 256;
-/// The backlog (events waiting behind a catchup) may hold this many times
-/// `--limit-send-queue` items before the client counts as slow.
-const BACKLOG_FACTOR: usize = 8;
-/// How long a subscription to a space served as an edge waits for the owner's snapshot.
-const EDGE_JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-/// Bytes of framing counted per op when sizing catchup chunks.
+/// Bytes of framing counted per op when sizing `catchup` and `changes` frames.
 const OP_OVERHEAD: usize = 48;
+/// Frames refused in a row for the rate limit before the channel is closed.
+const RATE_STRIKES: u32 = 64;
 
 /// A subscribed space.
 struct Sub {
@@ -46,7 +40,7 @@ struct Sub {
 /// A channel's state.
 pub struct Channel {
     ctx: Arc<GatewayCtx>,
-    id: Arc<Identity>,
+    id: Arc<Session>,
     sub: Subscriber,
     rx: mpsc::Receiver<Outbound>,
     spaces: HashMap<Arc<str>, Sub>,
@@ -57,6 +51,7 @@ pub struct Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         for (_, s) in self.spaces.drain() {
+            self.id.release_space();
             self.ctx.relay.leave(&s.hub, self.sub.conn, None);
         }
     }
@@ -64,7 +59,7 @@ impl Drop for Channel {
 
 impl Channel {
     /// A channel for an accepted session.
-    pub fn new(ctx: Arc<GatewayCtx>, id: Arc<Identity>) -> Self {
+    pub fn new(ctx: Arc<GatewayCtx>, id: Arc<Session>) -> Self {
         let (sub, rx) = Subscriber::new(ctx.relay.next_conn_id(), ctx.limits.limit_send_queue);
         Self { ctx, id, sub, rx, spaces: HashMap::new(), backlog: VecDeque::new(), pending: FuturesUnordered::new() }
     }
@@ -74,12 +69,12 @@ impl Channel {
         let limits = self.ctx.limits.clone();
         let kill = self.sub.kill().clone();
         let mut shutdown = self.ctx.shutdown.clone();
-        let mut bucket = TokenBucket::new(limits.limit_msgs_per_sec, limits.limit_burst, Instant::now());
         let mut ping = tokio::time::interval(limits.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut last_heard = Instant::now();
         let max_pending = limits.limit_send_queue;
+        let mut strikes = 0u32;
         loop {
             if kill.is_triggered() {
                 return Some((close::TRY_AGAIN_LATER, "slow consumer"));
@@ -88,10 +83,7 @@ impl Channel {
                 _ = kill.wait() => return Some((close::TRY_AGAIN_LATER, "slow consumer")),
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return Some((close::GOING_AWAY, "relay shutting down")),
                 Some(frames) = self.pending.next(), if !self.pending.is_empty() => {
-                    for f in &frames {
-                        out.feed(f).await.ok()?;
-                    }
-                    out.flush().await.ok()?;
+                    send_all(out, &frames, limits.idle_timeout).await.ok()?;
                 }
                 item = next_item(&mut self.backlog, &mut self.rx) => {
                     let item = item?;
@@ -110,16 +102,39 @@ impl Channel {
                         Inbound::Frame(frame) => frame,
                     };
                     last_heard = now;
-                    if !bucket.try_take(now) {
-                        let f = Fatal::new("rate-limited", "rate limit exceeded (--limit-msgs-per-sec)", close::POLICY);
-                        return self.fail(out, f).await;
+                    // A write costs one token per op, any other frame one.
+                    let cost = match &frame.msg {
+                        Some(pb::client_frame::Msg::Write(w)) => w.ops.len(),
+                        _ => 1,
+                    };
+                    if !self.id.take_tokens(cost, now) {
+                        strikes += 1;
+                        if strikes > RATE_STRIKES {
+                            let msg = "rate limit exceeded again and again (--limit-msgs-per-sec)";
+                            return self.fail(out, Fatal::new("rate-limited", msg, close::POLICY)).await;
+                        }
+                        let (id, space) = match &frame.msg {
+                            Some(pb::client_frame::Msg::Write(w)) => (w.id, w.space.as_str()),
+                            _ => (0, ""),
+                        };
+                        let msg = format!(
+                            "over {} ops per second (burst {}); retry later",
+                            limits.limit_msgs_per_sec, limits.limit_burst
+                        );
+                        let f = self.refuse(id, space, "rate-limited", &msg);
+                        if send_all(out, &[f], limits.idle_timeout).await.is_err() {
+                            return None;
+                        }
+                        continue;
                     }
+                    strikes = 0;
                     if let Err(f) = self.handle(frame, out, now).await {
                         return self.fail(out, f).await;
                     }
                 }
                 _ = ping.tick() => {
-                    if last_heard.elapsed() > limits.idle_timeout {
+                    // QUIC streams leave liveness to their connection (its idle timeout).
+                    if self.id.idle_check && last_heard.elapsed() > limits.idle_timeout {
                         return Some((close::GOING_AWAY, "idle timeout"));
                     }
                     let sent = tokio::time::timeout(limits.idle_timeout, out.ping()).await;
@@ -136,11 +151,7 @@ impl Channel {
         }
         self.ctx.relay.metrics().errors.with_label_values(&[f.code]).inc();
         let frame = error_frame(0, "", f.code, &f.message, true);
-        let _ = tokio::time::timeout(self.ctx.limits.idle_timeout, async {
-            out.feed(&frame).await?;
-            out.flush().await
-        })
-        .await;
+        let _ = send_all(out, &[frame], self.ctx.limits.idle_timeout).await;
         Some((f.close, f.code))
     }
 
@@ -149,10 +160,11 @@ impl Channel {
         use pb::client_frame::Msg as C;
         let reply = match frame.msg {
             None => return Err(Fatal::new("bad-frame", "empty frame", close::POLICY)),
-            Some(C::Hello(_)) => Some(self.refuse(0, "", "bad-frame", "hello was already accepted")),
+            Some(C::Hello(_)) => return Err(Fatal::new("bad-frame", "hello was already accepted", close::POLICY)),
             Some(C::Subscribe(s)) => return self.subscribe(s, out).await,
             Some(C::Unsubscribe(u)) => {
                 if let Some(s) = self.spaces.remove(u.space.as_str()) {
+                    self.id.release_space();
                     self.ctx.relay.leave(&s.hub, self.sub.conn, None);
                 }
                 None
@@ -164,14 +176,7 @@ impl Channel {
             }
         };
         if let Some(reply) = reply {
-            let sent = tokio::time::timeout(self.ctx.limits.idle_timeout, async {
-                out.feed(&reply).await?;
-                out.flush().await
-            })
-            .await;
-            if !matches!(sent, Ok(Ok(()))) {
-                return Err(Fatal::gone());
-            }
+            send_all(out, &[reply], self.ctx.limits.idle_timeout).await.map_err(|()| Fatal::gone())?;
         }
         Ok(())
     }
@@ -185,14 +190,14 @@ impl Channel {
         let limits = &self.ctx.limits;
         let refusal = if s.space.is_empty() || s.space.len() > limits.limit_space_bytes {
             Some(("bad-space", format!("space name must be 1 to {} bytes", limits.limit_space_bytes)))
-        } else if !self.spaces.contains_key(s.space.as_str()) && self.spaces.len() >= limits.limit_spaces_per_conn {
+        } else if !self.spaces.contains_key(s.space.as_str()) && !self.id.reserve_space(limits.limit_spaces_per_conn) {
             Some(("too-many-spaces", format!("at most {} spaces per connection", limits.limit_spaces_per_conn)))
         } else {
             None
         };
         if let Some((code, message)) = refusal {
             let f = self.refuse(0, &s.space, code, &message);
-            return send(out, &f, limits.idle_timeout).await;
+            return send_all(out, &[f], limits.idle_timeout).await.map_err(|()| Fatal::gone());
         }
         let digests = if s.buckets == 0 {
             None
@@ -201,6 +206,9 @@ impl Channel {
             let ok = n.is_power_of_two() && n <= aether_core::sync::MAX_BUCKETS;
             let decoded = aether_core::sync::decode_digests(&s.digests).filter(|d| ok && d.len() == n as usize);
             let Some(d) = decoded else {
+                if !self.spaces.contains_key(s.space.as_str()) {
+                    self.id.release_space();
+                }
                 let msg = format!(
                     "subscribe {:?}: buckets must be a power of two up to {} with 24 bytes of digest each",
                     s.space,
@@ -225,8 +233,8 @@ impl Channel {
             crate::node::Sync::Delta => pb::catchup::Kind::Delta,
             crate::node::Sync::Buckets => pb::catchup::Kind::Buckets,
         };
-        let chunks = catchup_chunks(
-            &name,
+        let mut chunks = Catchup::new(
+            name.to_string(),
             kind,
             catchup.entries,
             epoch,
@@ -240,32 +248,32 @@ impl Channel {
             Vec::new()
         };
         // Events keep arriving while the catchup is written: they wait in the
-        // backlog (bounded), behind it.
+        // backlog (bounded), behind it. Each frame gets its own deadline: a big
+        // catchup on a slow link takes as long as it takes, a stalled one does not.
         let backlog_cap = limits.limit_send_queue.saturating_mul(BACKLOG_FACTOR);
         let idle = limits.idle_timeout;
-        let (rx, backlog) = (&mut self.rx, &mut self.backlog);
-        let write = async {
-            for f in chunks.iter().chain(&presence) {
-                out.feed(f).await?;
-            }
-            out.flush().await
-        };
-        tokio::pin!(write);
-        let deadline = tokio::time::sleep(idle);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                r = &mut write => return r.map_err(|_| Fatal::gone()),
-                item = rx.recv() => {
-                    let Some(item) = item else { return Err(Fatal::gone()) };
-                    backlog.push_back(item);
-                    if backlog.len() > backlog_cap {
-                        return Err(Fatal::new("slow-consumer", "slow consumer", close::TRY_AGAIN_LATER));
+        let mut presence = presence.into_iter();
+        while let Some(frame) = chunks.next().or_else(|| presence.next()) {
+            let (rx, backlog) = (&mut self.rx, &mut self.backlog);
+            let write = send_all(out, std::slice::from_ref(&frame), idle);
+            tokio::pin!(write);
+            loop {
+                tokio::select! {
+                    r = &mut write => {
+                        r.map_err(|()| Fatal::gone())?;
+                        break;
+                    }
+                    item = rx.recv() => {
+                        let Some(item) = item else { return Err(Fatal::gone()) };
+                        backlog.push_back(item);
+                        if backlog.len() > backlog_cap {
+                            return Err(Fatal::new("slow-consumer", "slow consumer", close::TRY_AGAIN_LATER));
+                        }
                     }
                 }
-                _ = &mut deadline => return Err(Fatal::gone()),
             }
         }
+        Ok(())
     }
 
     /// Checks every op, applies them, and queues the write's settlement
@@ -295,8 +303,10 @@ impl Channel {
                 Ok(Stamped::Applied(a)) => {
                     settle.lsn = settle.lsn.max(Some(a.lsn));
                     settle.quorums.extend(a.quorum);
+                    if let Some(winner) = a.beaten_by {
+                        settle.superseded.push((key, stamp, winner));
+                    }
                 }
-                Ok(Stamped::Superseded(winner)) => settle.superseded.push((key, stamp, winner)),
                 Ok(Stamped::Forwarded(rx)) => settle.forwarded.push((key, stamp, rx)),
                 Err(e) => {
                     let code = match e {
@@ -309,12 +319,21 @@ impl Channel {
                 }
             }
         }
+        // With `--ack memory`, writes applied here are acknowledged at once
+        // (as on `/ws`); forwarded ones still wait for their owner.
         let durable = (relay.ack_mode() == AckMode::Durable).then(|| relay.durable());
+        if durable.is_none() {
+            settle.quorums.clear();
+        }
         let metrics = relay.metrics().clone();
         let received = now;
         self.pending.push(Box::pin(async move {
-            let frames = settle.run(durable, &metrics).await;
-            metrics.op_latency_durable.observe(received.elapsed().as_secs_f64());
+            let memory = durable.is_none();
+            let (frames, ok) = settle.run(durable, &metrics).await;
+            if ok {
+                let latency = if memory { &metrics.op_latency_memory } else { &metrics.op_latency_durable };
+                latency.observe(received.elapsed().as_secs_f64());
+            }
             frames
         }));
         None
@@ -326,8 +345,10 @@ impl Channel {
             return Some(self.refuse(0, &p.space, "not-subscribed", &msg));
         };
         let max = self.ctx.limits.limit_message_bytes;
-        let is_object = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&p.state).is_ok();
-        if p.state.len() > max || (!p.state.is_empty() && !is_object) {
+        let bad = p.state.len() > max
+            || (!p.state.is_empty()
+                && serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&p.state).is_err());
+        if bad {
             let msg = format!("presence state must be a JSON object of at most {max} bytes");
             return Some(self.refuse(0, &p.space, "bad-presence", &msg));
         }
@@ -340,30 +361,42 @@ impl Channel {
     /// Writes `first` and whatever else is queued (up to [`WRITE_BATCH`]),
     /// consecutive ops of one space as one `changes` frame, with one flush.
     async fn write_events(&mut self, first: Outbound, out: &mut Out) -> Result<(), ()> {
+        let max_bytes = self.ctx.limits.limit_frame_bytes / 2;
         let mut next = Some(first);
         let mut taken = 0;
         let mut changes: Option<pb::Changes> = None;
+        let mut bytes = 0;
         while let Some(item) = next.take() {
             taken += 1;
             match item {
                 Outbound::Op(ev) => {
+                    // Only events of the hub subscribed (not of an earlier one of the same
+                    // name, dropped meanwhile), and only those after its catchup.
                     if let Some(sub) = self.spaces.get(&ev.space)
+                        && Arc::ptr_eq(sub.hub.name(), &ev.space)
                         && ev.seq > sub.after
                     {
-                        if changes.as_ref().is_some_and(|c| c.space != *ev.space) {
-                            let c = changes.take().expect("checked");
+                        let size = ev.key.len() + ev.value.as_ref().map_or(0, Bytes::len) + OP_OVERHEAD;
+                        if changes.as_ref().is_some_and(|c| c.space != *ev.space || bytes + size > max_bytes)
+                            && let Some(c) = changes.take()
+                        {
                             out.feed(&pb::ServerFrame { msg: Some(S::Changes(c)) }).await?;
+                            bytes = 0;
                         }
                         let c = changes
                             .get_or_insert_with(|| pb::Changes { space: ev.space.to_string(), ..Default::default() });
-                        c.ops.push(event_op(&ev));
+                        c.ops.push(op_of(&ev.key, ev.value.clone(), ev.stamp));
                         c.seq = ev.seq;
+                        bytes += size;
                     }
                 }
                 Outbound::Presence(p) => {
-                    if self.spaces.get(&p.space).is_some_and(|s| s.presence) {
+                    let wanted =
+                        self.spaces.get(&p.space).is_some_and(|s| s.presence && Arc::ptr_eq(s.hub.name(), &p.space));
+                    if wanted {
                         if let Some(c) = changes.take() {
                             out.feed(&pb::ServerFrame { msg: Some(S::Changes(c)) }).await?;
+                            bytes = 0;
                         }
                         out.feed(&presence_frame(&p)).await?;
                     }
@@ -379,18 +412,6 @@ impl Channel {
             out.feed(&pb::ServerFrame { msg: Some(S::Changes(c)) }).await?;
         }
         out.flush().await
-    }
-}
-
-async fn send(out: &mut Out, f: &pb::ServerFrame, idle: std::time::Duration) -> Result<(), Fatal> {
-    match tokio::time::timeout(idle, async {
-        out.feed(f).await?;
-        out.flush().await
-    })
-    .await
-    {
-        Ok(Ok(())) => Ok(()),
-        _ => Err(Fatal::gone()),
     }
 }
 
@@ -461,12 +482,12 @@ struct Settle {
 impl Settle {
     /// Waits for the WAL (`durable`, unless acks are from memory), the write
     /// quorum and the owners of forwarded ops; returns the superseded events
-    /// and the ack (or the error).
+    /// and the ack (or the error), and whether it is an ack.
     async fn run(
         mut self,
         durable: Option<tokio::sync::watch::Receiver<crate::wal::Durable>>,
         metrics: &crate::metrics::Metrics,
-    ) -> Vec<pb::ServerFrame> {
+    ) -> (Vec<pb::ServerFrame>, bool) {
         let space = self.hub.as_ref().map(|h| h.name().to_string()).unwrap_or_default();
         let mut error = self.failed.take();
         if let (Some(lsn), Some(mut durable)) = (self.lsn, durable) {
@@ -505,12 +526,7 @@ impl Settle {
             .superseded
             .drain(..)
             .map(|(key, yours, winner)| {
-                let w = pb::Op {
-                    key: key.clone(),
-                    delete: winner.value.is_none(),
-                    value: winner.value.unwrap_or_default(),
-                    stamp: Some(pb_stamp(winner.stamp)),
-                };
+                let w = op_of(&Key::from(key.as_bytes()), winner.value, winner.stamp);
                 let s = pb::Superseded {
                     id: self.id,
                     space: space.clone(),
@@ -521,6 +537,7 @@ impl Settle {
                 pb::ServerFrame { msg: Some(S::Superseded(s)) }
             })
             .collect();
+        let acked = error.is_none();
         frames.push(match error {
             Some((code, message)) => {
                 metrics.errors.with_label_values(&[code]).inc();
@@ -528,7 +545,7 @@ impl Settle {
             }
             None => pb::ServerFrame { msg: Some(S::Ack(pb::Ack { id: self.id })) },
         });
-        frames
+        (frames, acked)
     }
 }
 
@@ -536,21 +553,14 @@ fn pb_stamp(s: Stamp) -> pb::Stamp {
     pb::Stamp { wall_ns: s.wall_ns, counter: s.counter, actor: s.actor }
 }
 
-fn entry_op(key: &Key, e: Entry) -> pb::Op {
+/// An op of `key` holding `value` (`None`: deleted) at `stamp`.
+fn op_of(key: &Key, value: Option<Bytes>, stamp: Stamp) -> pb::Op {
+    // Keys are checked to be UTF-8 wherever they enter the relay.
     pb::Op {
         key: String::from_utf8_lossy(key).into_owned(),
-        delete: e.value.is_none(),
-        value: e.value.unwrap_or_default(),
-        stamp: Some(pb_stamp(e.stamp)),
-    }
-}
-
-fn event_op(ev: &OpEvent) -> pb::Op {
-    pb::Op {
-        key: String::from_utf8_lossy(&ev.key).into_owned(),
-        delete: ev.value.is_none(),
-        value: ev.value.clone().unwrap_or_default(),
-        stamp: Some(pb_stamp(ev.stamp)),
+        delete: value.is_none(),
+        value: value.unwrap_or_default(),
+        stamp: Some(pb_stamp(stamp)),
     }
 }
 
@@ -564,37 +574,64 @@ fn presence_frame(p: &PresenceEvent) -> pb::ServerFrame {
     pb::ServerFrame { msg: Some(S::Presence(e)) }
 }
 
-/// Splits a catchup into frames of at most `max_ops` ops and about
-/// `max_bytes`; the last is marked done with the resume point.
-fn catchup_chunks(
-    space: &str,
+/// A catchup cut into frames of at most `max_ops` ops and about
+/// `max_bytes` each, built one at a time as they are written; the last is
+/// marked done with the resume point.
+struct Catchup {
+    space: String,
     kind: pb::catchup::Kind,
-    entries: Vec<(Key, Entry)>,
+    entries: std::vec::IntoIter<(Key, Entry)>,
+    total: u64,
     epoch: Bytes,
     seq: u64,
     max_ops: usize,
     max_bytes: usize,
-) -> Vec<pb::ServerFrame> {
-    let total = entries.len() as u64;
-    let mut frames = Vec::new();
-    let mut chunk = pb::Catchup { space: space.to_owned(), kind: kind as i32, ..Default::default() };
-    let mut bytes = 0;
-    for (key, e) in entries {
-        let size = key.len() + e.value.as_ref().map_or(0, Bytes::len) + OP_OVERHEAD;
-        if !chunk.ops.is_empty() && (chunk.ops.len() >= max_ops || bytes + size > max_bytes) {
-            let next = pb::Catchup { space: space.to_owned(), kind: kind as i32, ..Default::default() };
-            frames.push(std::mem::replace(&mut chunk, next));
-            bytes = 0;
-        }
-        bytes += size;
-        chunk.ops.push(entry_op(&key, e));
+    /// An entry taken that did not fit in the previous frame.
+    carry: Option<(Key, Entry)>,
+    done: bool,
+}
+
+impl Catchup {
+    fn new(
+        space: String,
+        kind: pb::catchup::Kind,
+        entries: Vec<(Key, Entry)>,
+        epoch: Bytes,
+        seq: u64,
+        max_ops: usize,
+        max_bytes: usize,
+    ) -> Self {
+        let total = entries.len() as u64;
+        let entries = entries.into_iter();
+        Self { space, kind, entries, total, epoch, seq, max_ops, max_bytes, carry: None, done: false }
     }
-    chunk.done = true;
-    chunk.epoch = epoch;
-    chunk.seq = seq;
-    chunk.total = total;
-    frames.push(chunk);
-    frames.into_iter().map(|c| pb::ServerFrame { msg: Some(S::Catchup(c)) }).collect()
+}
+
+impl Iterator for Catchup {
+    type Item = pb::ServerFrame;
+
+    fn next(&mut self) -> Option<pb::ServerFrame> {
+        if self.done {
+            return None;
+        }
+        let mut chunk = pb::Catchup { space: self.space.clone(), kind: self.kind as i32, ..Default::default() };
+        let mut bytes = 0;
+        while let Some((key, e)) = self.carry.take().or_else(|| self.entries.next()) {
+            let size = key.len() + e.value.as_ref().map_or(0, Bytes::len) + OP_OVERHEAD;
+            if !chunk.ops.is_empty() && (chunk.ops.len() >= self.max_ops || bytes + size > self.max_bytes) {
+                self.carry = Some((key, e));
+                return Some(pb::ServerFrame { msg: Some(S::Catchup(chunk)) });
+            }
+            bytes += size;
+            chunk.ops.push(op_of(&key, e.value, e.stamp));
+        }
+        self.done = true;
+        chunk.done = true;
+        chunk.epoch = self.epoch.clone();
+        chunk.seq = self.seq;
+        chunk.total = self.total;
+        Some(pb::ServerFrame { msg: Some(S::Catchup(chunk)) })
+    }
 }
 
 #[cfg(test)]
@@ -609,7 +646,8 @@ mod tests {
     #[test]
     fn catchups_are_chunked_by_ops_and_bytes_and_only_the_last_is_done() {
         let entries: Vec<_> = (0..10).map(|n| entry(n, 100)).collect();
-        let frames = catchup_chunks("s", pb::catchup::Kind::Full, entries, Bytes::from_static(b"e"), 7, 4, 1 << 20);
+        let frames =
+            Catchup::new("s".into(), pb::catchup::Kind::Full, entries, Bytes::from_static(b"e"), 7, 4, 1 << 20);
         let chunks: Vec<pb::Catchup> = frames
             .into_iter()
             .map(|f| match f.msg {
@@ -620,17 +658,19 @@ mod tests {
         assert_eq!(chunks.iter().map(|c| c.ops.len()).collect::<Vec<_>>(), vec![4, 4, 2]);
         assert!(chunks[..2].iter().all(|c| !c.done && c.epoch.is_empty()));
         assert!(chunks[2].done && chunks[2].seq == 7 && chunks[2].total == 10 && &chunks[2].epoch[..] == b"e");
-        let by_bytes = catchup_chunks(
-            "s",
+        let by_bytes: Vec<_> = Catchup::new(
+            "s".into(),
             pb::catchup::Kind::Full,
             (0..10).map(|n| entry(n, 100)).collect(),
             Bytes::new(),
             0,
             100,
             300,
-        );
+        )
+        .collect();
         assert_eq!(by_bytes.len(), 5, "two 150-byte ops per 300-byte chunk");
-        let empty = catchup_chunks("s", pb::catchup::Kind::Delta, Vec::new(), Bytes::new(), 3, 4, 100);
+        let empty: Vec<_> =
+            Catchup::new("s".into(), pb::catchup::Kind::Delta, Vec::new(), Bytes::new(), 3, 4, 100).collect();
         assert!(matches!(&empty[..], [pb::ServerFrame { msg: Some(S::Catchup(c)) }] if c.done && c.ops.is_empty()));
     }
 

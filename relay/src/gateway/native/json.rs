@@ -36,11 +36,9 @@ pub fn decode(text: &str) -> Result<pb::ClientFrame, String> {
             presence: s.presence,
         }),
         JClient::Unsubscribe(u) => Msg::Unsubscribe(pb::Unsubscribe { space: u.space }),
-        JClient::Write(w) => Msg::Write(pb::Write {
-            id: w.id.0,
-            space: w.space,
-            ops: w.ops.into_iter().map(JOp::into_pb).collect::<Result<_, _>>()?,
-        }),
+        JClient::Write(w) => {
+            Msg::Write(pb::Write { id: w.id.0, space: w.space, ops: w.ops.into_iter().map(JOp::into_pb).collect() })
+        }
         JClient::Presence(p) => Msg::Presence(pb::Presence {
             space: p.space,
             state: p.state.map_or_else(Bytes::new, |s| Bytes::copy_from_slice(s.get().as_bytes())),
@@ -115,6 +113,9 @@ struct JWrite<'a> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct JOp<'a> {
+    /// Missing or malformed op fields are the op's problem (`bad-op`, not
+    /// fatal): they decode to what the op check refuses.
+    #[serde(default)]
     key: String,
     /// Present (even `null`) for a set.
     #[serde(borrow, default, deserialize_with = "present")]
@@ -126,15 +127,12 @@ struct JOp<'a> {
 }
 
 impl JOp<'_> {
-    fn into_pb(self) -> Result<pb::Op, String> {
-        let value = match (self.delete, self.value) {
-            (true, Some(_)) => return Err(format!("op on {:?}: a delete has no value", self.key)),
-            (false, None) => return Err(format!("op on {:?}: a set needs a value", self.key)),
-            (true, None) => Bytes::new(),
-            (false, Some(v)) => Bytes::copy_from_slice(v.get().as_bytes()),
-        };
+    /// A set without a value becomes an empty value, a delete with one keeps
+    /// it: both are refused by the op check (`bad-op`).
+    fn into_pb(self) -> pb::Op {
+        let value = self.value.map_or_else(Bytes::new, |v| Bytes::copy_from_slice(v.get().as_bytes()));
         let stamp = self.stamp.map(|s| pb::Stamp { wall_ns: s.wall_ns.0, counter: s.counter, actor: s.actor.0 });
-        Ok(pb::Op { key: self.key, value, delete: self.delete, stamp })
+        pb::Op { key: self.key, value, delete: self.delete, stamp }
     }
 }
 
@@ -177,7 +175,7 @@ impl<'de> Deserialize<'de> for U64 {
         #[serde(untagged)]
         enum Either<'a> {
             Num(u64),
-            Str(&'a str),
+            Str(#[serde(borrow)] std::borrow::Cow<'a, str>),
         }
         match Either::deserialize(d)? {
             Either::Num(n) => Ok(U64(n)),
@@ -194,8 +192,8 @@ struct B64Bytes(Bytes);
 
 impl<'de> Deserialize<'de> for B64Bytes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <&str>::deserialize(d)?;
-        B64.decode(s).map(|v| B64Bytes(v.into())).map_err(|e| de::Error::custom(format!("bad base64: {e}")))
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        B64.decode(s.as_bytes()).map(|v| B64Bytes(v.into())).map_err(|e| de::Error::custom(format!("bad base64: {e}")))
     }
 }
 
@@ -352,8 +350,6 @@ mod tests {
     #[test]
     fn malformed_frames_are_refused_with_a_reason() {
         for bad in [
-            r#"{"write":{"id":"1","space":"b","ops":[{"key":"k"}]}}"#,
-            r#"{"write":{"id":"1","space":"b","ops":[{"key":"k","delete":true,"value":1}]}}"#,
             r#"{"hello":{"version":1,"extra":true}}"#,
             r#"{"hello":{"actor":"-1"}}"#,
             r#"{"subscribe":{"space":"s","epoch":"!!"}}"#,
@@ -364,6 +360,22 @@ mod tests {
         ] {
             assert!(decode(bad).is_err(), "{bad} was accepted");
         }
+    }
+
+    #[test]
+    fn op_mistakes_decode_to_ops_the_op_check_refuses_and_escapes_are_read() {
+        let f = decode(
+            r#"{"write":{"id":"4\u0032","space":"b","ops":[{"key":"k"},{"key":"d","delete":true,"value":1},{"value":2}]}}"#,
+        )
+        .unwrap();
+        let Some(Msg::Write(w)) = f.msg else { panic!("not a write") };
+        assert_eq!(w.id, 42, "an escaped digit is still a digit");
+        assert!(!w.ops[0].delete && w.ops[0].value.is_empty(), "a set without a value: empty, not JSON");
+        assert!(w.ops[1].delete && &w.ops[1].value[..] == b"1", "a delete with a value keeps it");
+        assert!(w.ops[2].key.is_empty());
+        let s = decode(r#"{"subscribe":{"space":"s","epoch":"AQI\u003d"}}"#).unwrap();
+        let Some(Msg::Subscribe(s)) = s.msg else { panic!("not a subscribe") };
+        assert_eq!(&s.epoch[..], &[1, 2]);
     }
 
     #[test]

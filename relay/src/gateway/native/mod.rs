@@ -10,6 +10,8 @@ pub mod quic;
 pub mod ws;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use aether_proto::client::v1 as pb;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -19,8 +21,11 @@ use futures_util::stream::SplitSink;
 use pb::server_frame::Msg as S;
 use prost::Message as _;
 
+use tokio::sync::mpsc;
+
 use super::GatewayCtx;
-use super::ws_json::close;
+use super::ws_json::{CLOSE_GRACE, close};
+use crate::limits::TokenBucket;
 use crate::node::now_ns;
 
 /// The protocol version this relay speaks.
@@ -31,15 +36,40 @@ const QUIC_WRITE_BUFFER: usize = 64 * 1024;
 /// Why a channel ended: a close (code, reason) to send, or nothing (peer gone).
 pub type End = Option<(u16, &'static str)>;
 
-/// Who is on the other end, from its `hello`.
+/// One accepted connection (all its QUIC streams): who is on the other end,
+/// from its `hello`, and the limits its channels share.
 #[derive(Debug)]
-pub struct Identity {
+pub struct Session {
     /// The actor every op of the connection must be stamped with.
     pub actor: u64,
     /// Presence id.
     pub session: Arc<str>,
     /// Presence colour.
     pub color: Arc<str>,
+    /// Channels close after `--idle-timeout` without a frame (WebSocket); a
+    /// QUIC stream leaves that to its connection's idle timeout.
+    pub idle_check: bool,
+    /// The connection's rate limit, shared by its channels.
+    bucket: std::sync::Mutex<TokenBucket>,
+    /// Spaces subscribed over all its channels.
+    spaces: AtomicUsize,
+}
+
+impl Session {
+    /// Takes `n` tokens from the connection's bucket.
+    pub fn take_tokens(&self, n: usize, now: Instant) -> bool {
+        self.bucket.lock().unwrap_or_else(|e| e.into_inner()).try_take_n(n, now)
+    }
+
+    /// Counts one more subscribed space, unless `max` are already.
+    pub fn reserve_space(&self, max: usize) -> bool {
+        self.spaces.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).is_ok()
+    }
+
+    /// Counts one space less.
+    pub fn release_space(&self) {
+        let _ = self.spaces.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
 }
 
 /// What a connection's reader task passes on.
@@ -82,8 +112,12 @@ pub fn error_frame(id: u64, space: &str, code: &str, message: &str, fatal: bool)
     pb::ServerFrame { msg: Some(S::Error(e)) }
 }
 
-/// Checks a connection's first frame; returns the identity and the `welcome`.
-pub fn accept_hello(ctx: &GatewayCtx, frame: pb::ClientFrame) -> Result<(Arc<Identity>, pb::ServerFrame), Fatal> {
+/// Checks a connection's first frame; returns the session and the `welcome`.
+pub fn accept_hello(
+    ctx: &GatewayCtx,
+    frame: pb::ClientFrame,
+    idle_check: bool,
+) -> Result<(Arc<Session>, pb::ServerFrame), Fatal> {
     let Some(pb::client_frame::Msg::Hello(h)) = frame.msg else {
         return Err(Fatal::new("hello-required", "the first frame must be a hello", close::POLICY));
     };
@@ -116,10 +150,38 @@ pub fn accept_hello(ctx: &GatewayCtx, frame: pb::ClientFrame) -> Result<(Arc<Ide
             max_key_bytes: clamp(l.limit_key_bytes),
             max_value_bytes: clamp(l.limit_value_bytes),
             max_spaces: clamp(l.limit_spaces_per_conn),
+            ops_per_sec: l.limit_msgs_per_sec as f32,
+            burst: l.limit_burst,
         }),
     };
     tracing::debug!(actor = h.actor, client = %h.client, %session, "native session");
-    Ok((Arc::new(Identity { actor: h.actor, session, color }), pb::ServerFrame { msg: Some(S::Welcome(welcome)) }))
+    let bucket = std::sync::Mutex::new(TokenBucket::new(l.limit_msgs_per_sec, l.limit_burst, Instant::now()));
+    let s = Session { actor: h.actor, session, color, idle_check, bucket, spaces: AtomicUsize::new(0) };
+    Ok((Arc::new(s), pb::ServerFrame { msg: Some(S::Welcome(welcome)) }))
+}
+
+/// Writes `frames` and flushes, within `deadline`.
+pub async fn send_all(out: &mut Out, frames: &[pb::ServerFrame], deadline: Duration) -> Result<(), ()> {
+    let sent = tokio::time::timeout(deadline, async {
+        for f in frames {
+            out.feed(f).await?;
+        }
+        out.flush().await
+    })
+    .await;
+    sent.map_err(drop)?
+}
+
+/// The first frame of a connection (skipping keep-alives): a frame, the
+/// reader's fatal error, or `None` when the peer went away.
+pub async fn first_frame(inbound: &mut mpsc::Receiver<Inbound>) -> Option<Result<pb::ClientFrame, Fatal>> {
+    loop {
+        match inbound.recv().await? {
+            Inbound::Alive => continue,
+            Inbound::Frame(f) => return Some(Ok(f)),
+            Inbound::Fatal(f) => return Some(Err(f)),
+        }
+    }
 }
 
 /// Where a channel's frames go.
@@ -179,18 +241,22 @@ impl Out {
         }
     }
 
-    /// Ends the channel: a WebSocket close frame, or the QUIC stream's end.
+    /// Ends the channel: a WebSocket close frame, or the QUIC stream's end,
+    /// within [`CLOSE_GRACE`] (a peer that does not read is not waited for).
     pub async fn close(&mut self, code: u16, reason: &'static str) {
-        match self {
-            Out::Ws { sink, .. } => {
-                let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-            }
-            Out::Quic { .. } => {
-                let _ = self.flush().await;
-                if let Out::Quic { send, .. } = self {
-                    let _ = send.finish();
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            match self {
+                Out::Ws { sink, .. } => {
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                }
+                Out::Quic { .. } => {
+                    let _ = self.flush().await;
                 }
             }
+        })
+        .await;
+        if let Out::Quic { send, .. } = self {
+            let _ = send.finish();
         }
     }
 }

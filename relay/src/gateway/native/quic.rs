@@ -16,10 +16,9 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::channel::Channel;
-use super::{Fatal, Identity, Inbound, Out, accept_hello, error_frame};
+use super::{Fatal, Inbound, Out, Session, accept_hello, error_frame, first_frame};
 use crate::gateway::GatewayCtx;
 use crate::gateway::ws_json::close;
-use crate::limits::CapExceeded;
 
 /// The ALPN of the native protocol. The endpoint's ALPN list is [`ALPNS`]:
 /// later protocols can share the UDP port.
@@ -54,14 +53,8 @@ pub fn endpoint(
             (certs, key, None)
         }
         None => {
-            let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
-            let generated = rcgen::generate_simple_self_signed(names).context("generating a QUIC certificate")?;
-            let path = data_dir.join("quic-cert.pem");
-            let tmp = data_dir.join("quic-cert.pem.tmp");
-            std::fs::write(&tmp, generated.cert.pem()).with_context(|| format!("writing {}", tmp.display()))?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
-            let key = rustls_pki_types::PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der());
-            (vec![generated.cert.der().clone()], key.into(), Some(path))
+            let (certs, key, path) = self_signed(data_dir)?;
+            (certs, key, Some(path))
         }
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -74,21 +67,65 @@ pub fn endpoint(
     tls.alpn_protocols = ALPNS.iter().map(|a| a.to_vec()).collect();
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).context("QUIC TLS configuration")?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    // Flow control bounds what one connection can make the relay buffer: a
+    // stream at most two frames, the connection at most eight.
+    let frame = u32::try_from(ctx.limits.limit_frame_bytes).unwrap_or(u32::MAX);
     let mut transport = quinn::TransportConfig::default();
     transport
         .max_idle_timeout(Some(ctx.limits.idle_timeout.try_into().context("--idle-timeout is too long for QUIC")?))
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(
             (ctx.limits.limit_spaces_per_conn as u32).saturating_add(1),
         ))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+        .stream_receive_window(quinn::VarInt::from_u32(frame.saturating_mul(2)))
+        .receive_window(quinn::VarInt::from_u32(frame.saturating_mul(8)))
+        .send_window(u64::from(frame) * 8);
     server.transport_config(Arc::new(transport));
     let endpoint = quinn::Endpoint::server(server, addr).with_context(|| format!("binding QUIC on {addr}"))?;
     Ok((endpoint, written))
 }
 
-/// Accepts connections until the relay shuts down.
+/// The self-signed certificate and key kept in `data_dir` (`quic-cert.pem`,
+/// `quic-key.pem`), created on first use: clients that trust the file keep
+/// trusting the relay across restarts.
+fn self_signed(
+    data_dir: &Path,
+) -> anyhow::Result<(Vec<rustls_pki_types::CertificateDer<'static>>, rustls_pki_types::PrivateKeyDer<'static>, PathBuf)>
+{
+    let (cert, key) = (data_dir.join("quic-cert.pem"), data_dir.join("quic-key.pem"));
+    if cert.is_file() && key.is_file() {
+        let (certs, key_der) = crate::tls::load_pem(&cert, &key)?;
+        return Ok((certs, key_der, cert));
+    }
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+    let generated = rcgen::generate_simple_self_signed(names).context("generating a QUIC certificate")?;
+    write_new(&key, generated.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(&cert, generated.cert.pem().as_bytes(), 0o644)?;
+    let key_der = rustls_pki_types::PrivatePkcs8KeyDer::from(generated.signing_key.serialize_der());
+    Ok((vec![generated.cert.der().clone()], key_der.into(), cert))
+}
+
+/// Writes `bytes` to `path` through a temporary file (mode `mode`), renamed into place.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("pem.tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Accepts connections until the relay shuts down. Handshakes in progress
+/// are bounded like connections (`--limit-conns`); beyond, new ones are refused.
 pub async fn serve(ctx: Arc<GatewayCtx>, endpoint: quinn::Endpoint) {
     let mut shutdown = ctx.shutdown.clone();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(ctx.limits.limit_conns.max(1)));
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {
@@ -97,6 +134,10 @@ pub async fn serve(ctx: Arc<GatewayCtx>, endpoint: quinn::Endpoint) {
             },
             _ = shutdown.wait_for(|s| *s) => break,
         };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            incoming.refuse();
+            continue;
+        };
         if !ctx.relay.is_ready() {
             incoming.refuse();
             continue;
@@ -104,9 +145,12 @@ pub async fn serve(ctx: Arc<GatewayCtx>, endpoint: quinn::Endpoint) {
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let peer = incoming.remote_address();
-            match incoming.await {
-                Ok(conn) => connection(ctx, conn).await,
-                Err(e) => tracing::debug!(%peer, error = %e, "QUIC handshake failed"),
+            let handshake = tokio::time::timeout(ctx.auth_timeout, async { incoming.accept()?.await }).await;
+            drop(permit);
+            match handshake {
+                Ok(Ok(conn)) => connection(ctx, conn).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "QUIC handshake failed"),
+                Err(_) => tracing::debug!(%peer, "QUIC handshake timed out"),
             }
         });
     }
@@ -118,10 +162,7 @@ async fn connection(ctx: Arc<GatewayCtx>, conn: quinn::Connection) {
     let _slot = match ctx.caps.acquire(conn.remote_address().ip()) {
         Ok(slot) => slot,
         Err(cap) => {
-            let (reason, label) = match cap {
-                CapExceeded::Total => ("connection limit reached", "conn_cap_total"),
-                CapExceeded::PerIp => ("connection limit per address reached", "conn_cap_ip"),
-            };
+            let (reason, label) = cap.reason_and_label();
             metrics.disconnects.with_label_values(&[label]).inc();
             conn.close(quinn::VarInt::from_u32(code::REFUSED), reason.as_bytes());
             return;
@@ -138,8 +179,8 @@ async fn connection(ctx: Arc<GatewayCtx>, conn: quinn::Connection) {
     let (tx, mut inbound) = mpsc::channel(INBOUND_QUEUE);
     let reader = tokio::spawn(read(recv, ctx.limits.limit_frame_bytes, tx));
     let mut out = Out::Quic { send, buf: BytesMut::new() };
-    let hello = match tokio::time::timeout(ctx.auth_timeout, next_frame(&mut inbound)).await {
-        Ok(Some(Ok(frame))) => accept_hello(&ctx, frame),
+    let hello = match tokio::time::timeout(ctx.auth_timeout, first_frame(&mut inbound)).await {
+        Ok(Some(Ok(frame))) => accept_hello(&ctx, frame, false),
         Ok(Some(Err(f))) => Err(f),
         Ok(None) => Err(Fatal::gone()),
         Err(_) => Err(Fatal::new("hello-required", "no hello in time", close::POLICY)),
@@ -193,7 +234,7 @@ async fn connection(ctx: Arc<GatewayCtx>, conn: quinn::Connection) {
 /// One stream's channel.
 async fn channel(
     ctx: Arc<GatewayCtx>,
-    id: Arc<Identity>,
+    id: Arc<Session>,
     mut inbound: mpsc::Receiver<Inbound>,
     mut out: Out,
     reader: tokio::task::JoinHandle<()>,
@@ -204,16 +245,6 @@ async fn channel(
     }
     out.close(close::NORMAL, "").await;
     reader.abort();
-}
-
-async fn next_frame(inbound: &mut mpsc::Receiver<Inbound>) -> Option<Result<pb::ClientFrame, Fatal>> {
-    loop {
-        match inbound.recv().await? {
-            Inbound::Alive => continue,
-            Inbound::Frame(f) => return Some(Ok(f)),
-            Inbound::Fatal(f) => return Some(Err(f)),
-        }
-    }
 }
 
 /// Decodes length-delimited frames (each at most `max` bytes) from a stream.

@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use aether_proto::client::v1 as pb;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -18,21 +17,17 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite;
 
 use super::channel::Channel;
-use super::{Fatal, Inbound, Out, accept_hello, json};
+use super::{Fatal, Inbound, Out, accept_hello, first_frame, json};
 use crate::gateway::GatewayCtx;
-use crate::gateway::ws_json::{close, close_label};
-use crate::limits::{CapExceeded, client_ip};
+use crate::gateway::ws_json::{CLOSE_GRACE, READ_BUFFER_BYTES, close, close_label};
+use crate::limits::client_ip;
 
 /// Subprotocol of the protobuf encoding.
 pub const PROTO: &str = "aether.v1.proto";
 /// Subprotocol of the JSON mapping.
 pub const JSON: &str = "aether.v1.json";
-/// Bytes read from a client socket per read call (see ws_json).
-const READ_BUFFER_BYTES: usize = 8 * 1024;
 /// Frames decoded ahead of the channel.
 const INBOUND_QUEUE: usize = 16;
-/// How long a closing handshake may take before the socket is dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// `GET /v1/ws`: upgrades to the native protocol.
 pub async fn handler(
@@ -67,10 +62,7 @@ pub async fn handler(
             let _slot = match slot {
                 Ok(slot) => slot,
                 Err(cap) => {
-                    let (reason, label) = match cap {
-                        CapExceeded::Total => ("connection limit reached", "conn_cap_total"),
-                        CapExceeded::PerIp => ("connection limit per address reached", "conn_cap_ip"),
-                    };
+                    let (reason, label) = cap.reason_and_label();
                     metrics.disconnects.with_label_values(&[label]).inc();
                     out.close(close::TRY_AGAIN_LATER, reason).await;
                     return;
@@ -100,30 +92,20 @@ async fn serve(ctx: &Arc<GatewayCtx>, inbound: &mut mpsc::Receiver<Inbound>, out
         Ok(None) => return None,
         Ok(Some(r)) => r,
     };
-    let accepted = first.and_then(|frame| accept_hello(ctx, frame));
+    let accepted = first.and_then(|frame| accept_hello(ctx, frame, true));
     let (id, welcome) = match accepted {
         Ok(a) => a,
+        Err(f) if f.code.is_empty() => return None,
         Err(f) => {
             ctx.relay.metrics().errors.with_label_values(&[f.code]).inc();
-            let _ = out.feed(&super::error_frame(0, "", f.code, &f.message, true)).await;
-            let _ = out.flush().await;
+            let _ = super::send_all(out, &[super::error_frame(0, "", f.code, &f.message, true)], CLOSE_GRACE).await;
             return Some((f.close, f.code));
         }
     };
-    if out.feed(&welcome).await.is_err() || out.flush().await.is_err() {
+    if super::send_all(out, &[welcome], ctx.limits.idle_timeout).await.is_err() {
         return None;
     }
     Channel::new(ctx.clone(), id).run(inbound, out).await
-}
-
-async fn first_frame(inbound: &mut mpsc::Receiver<Inbound>) -> Option<Result<pb::ClientFrame, Fatal>> {
-    loop {
-        match inbound.recv().await? {
-            Inbound::Alive => continue,
-            Inbound::Frame(f) => return Some(Ok(f)),
-            Inbound::Fatal(f) => return Some(Err(f)),
-        }
-    }
 }
 
 /// Decodes frames from the socket until it ends or sends something unacceptable.

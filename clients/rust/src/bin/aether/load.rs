@@ -1,14 +1,17 @@
 //! `aether load`: writes N ops at a fixed rate (open loop: the schedule does
-//! not wait for acks) and summarises the ack latency.
+//! not wait for acks) and summarises the ack latency, measured from each
+//! op's scheduled time (so a stalled client or a full queue counts against
+//! it, instead of hiding as a late start), and the reconnects meanwhile.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use aether_client::{Acked, Error as ClientError, WriteTicket};
+use aether_client::{Acked, Error as ClientError};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
+use tokio::task::{JoinError, JoinHandle};
 
 use crate::args::{Global, LoadArgs};
 use crate::{EXIT_FAILURE, connect, fail};
@@ -27,6 +30,8 @@ pub struct Summary {
     pub max_ms: f64,
     /// Acks per endpoint URL (hedged writes count for the relay that acked first).
     pub relays: Vec<(String, u64)>,
+    /// Reconnects and failovers during the run.
+    pub reconnects: u64,
 }
 
 /// Nearest-rank percentile of sorted samples (`p` in 0–100).
@@ -64,7 +69,16 @@ pub fn summarize(
         p99_ms: ms(percentile(&latencies, 99.0)),
         max_ms: ms(latencies.last().copied().unwrap_or_default()),
         relays,
+        reconnects: 0,
     }
+}
+
+/// One op: when it was scheduled, its result, when the result came.
+type Outcome = (Instant, Result<Acked, ClientError>, Instant);
+
+/// The latency of an op scheduled at `due`, acked at `acked_at`.
+pub fn latency_since_schedule(due: Instant, acked_at: Instant) -> Duration {
+    acked_at.saturating_duration_since(due)
 }
 
 fn progress(total: u64) -> ProgressBar {
@@ -88,16 +102,22 @@ pub async fn run(g: &Global, a: &LoadArgs) -> anyhow::Result<()> {
     let pad = "x".repeat(a.value_bytes.saturating_sub(24));
     let interval = Duration::from_secs_f64(1.0 / a.rate);
     let bar = progress(a.ops);
-    let mut inflight: FuturesUnordered<WriteTicket> = FuturesUnordered::new();
+    // Each ticket is awaited by a task of its own, which notes when the ack
+    // came (not when this loop got round to it).
+    let mut inflight: FuturesUnordered<JoinHandle<Outcome>> = FuturesUnordered::new();
     let mut latencies = Vec::with_capacity(a.ops.min(10_000_000) as usize);
     let mut errors = 0u64;
     let mut first_error: Option<String> = None;
     let mut relays: std::collections::BTreeMap<String, u64> = Default::default();
-    let mut record = |r: Result<Acked, ClientError>, bar: &ProgressBar| {
+    let mut record = |r: Result<Outcome, JoinError>, bar: &ProgressBar| {
         match r {
-            Ok(acked) => {
-                latencies.push(acked.latency);
+            Ok((due, Ok(acked), at)) => {
+                latencies.push(latency_since_schedule(due, at));
                 *relays.entry(acked.url).or_default() += 1;
+            }
+            Ok((_, Err(e), _)) => {
+                errors += 1;
+                first_error.get_or_insert_with(|| e.to_string());
             }
             Err(e) => {
                 errors += 1;
@@ -107,6 +127,7 @@ pub async fn run(g: &Global, a: &LoadArgs) -> anyhow::Result<()> {
         bar.inc(1);
     };
 
+    let reconnects_before = client.reconnects();
     let start = Instant::now();
     let mut i = 0u64;
     while i < a.ops {
@@ -117,7 +138,10 @@ pub async fn run(g: &Global, a: &LoadArgs) -> anyhow::Result<()> {
         }
         let value = serde_json::json!({ "i": i, "pad": pad });
         match handle.set_nowait(&format!("load/{}", i % a.keys), &value).await {
-            Ok(ticket) => inflight.push(ticket),
+            Ok(ticket) => inflight.push(tokio::spawn(async move {
+                let r = ticket.await;
+                (due, r, Instant::now())
+            })),
             Err(ClientError::QueueFull { .. }) => {
                 // The offline queue is full: wait for an ack, then retry this op.
                 match tokio::time::timeout(g.timeout, inflight.next()).await {
@@ -139,7 +163,8 @@ pub async fn run(g: &Global, a: &LoadArgs) -> anyhow::Result<()> {
     let elapsed = start.elapsed();
     bar.finish_and_clear();
     let missing = a.ops.saturating_sub(latencies.len() as u64 + errors);
-    let summary = summarize(latencies, errors + missing, elapsed, a.rate, relays.into_iter().collect());
+    let mut summary = summarize(latencies, errors + missing, elapsed, a.rate, relays.into_iter().collect());
+    summary.reconnects = client.reconnects().saturating_sub(reconnects_before);
     let _ = client.close().await;
     print_summary(&summary, a.json)?;
     if !drained {
@@ -166,6 +191,7 @@ fn print_summary(s: &Summary, json: bool) -> anyhow::Result<()> {
     for (url, n) in &s.relays {
         println!("acked by  {url}: {n}");
     }
+    println!("reconnects {}", s.reconnects);
     Ok(())
 }
 
@@ -184,5 +210,16 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), Duration::ZERO);
         let s = summarize(vec![ms(3), ms(1), ms(2)], 1, Duration::from_secs(2), 10.0, vec![]);
         assert_eq!((s.ops, s.errors, s.ops_per_s, s.p50_ms, s.max_ms), (3, 1, 1.5, 2.0, 3.0));
+    }
+
+    #[test]
+    fn latency_counts_from_the_schedule() {
+        let t0 = Instant::now();
+        // Scheduled at t0, enqueued late (t0 + 40ms), acked at t0 + 50ms: 50 ms, not 10.
+        assert_eq!(latency_since_schedule(t0, t0 + Duration::from_millis(50)), Duration::from_millis(50));
+        assert_eq!(latency_since_schedule(t0 + Duration::from_secs(1), t0), Duration::ZERO);
+        let s = summarize(vec![], 0, Duration::from_secs(1), 1.0, vec![]);
+        assert_eq!(s.reconnects, 0);
+        assert!(serde_json::to_string(&s).unwrap().contains("\"reconnects\":0"));
     }
 }

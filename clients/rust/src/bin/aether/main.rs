@@ -89,13 +89,18 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             return f.code;
         }
         if let Some(ce) = cause.downcast_ref::<ClientError>() {
+            if ce.is_unreachable() {
+                // Every relay failed, or an HTTP request could not reach its relay.
+                return EXIT_UNREACHABLE;
+            }
             return match ce {
-                ClientError::Unreachable(_) => EXIT_UNREACHABLE,
                 ClientError::Refused { .. } => EXIT_REFUSED,
                 ClientError::InvalidUrl { .. }
                 | ClientError::Config(_)
                 | ClientError::InvalidSpace(_)
-                | ClientError::InvalidOp { .. } => EXIT_USAGE,
+                | ClientError::InvalidOp { .. }
+                // A --ca-file that cannot be used.
+                | ClientError::Tls(_) => EXIT_USAGE,
                 _ => EXIT_FAILURE,
             };
         }
@@ -147,5 +152,19 @@ mod tests {
         assert_eq!(exit_code(&ClientError::Unreachable(Default::default()).into()), 3);
         assert_eq!(exit_code(&ClientError::Closed.into()), 1);
         assert_eq!(exit_code(&anyhow::anyhow!("other")), 1);
+        let http =
+            |unreachable| ClientError::Http { url: "http://h/v1/spaces".into(), reason: "r".into(), unreachable };
+        assert_eq!(exit_code(&anyhow::Error::new(http(true)).context("listing")), 3);
+        assert_eq!(exit_code(&http(false).into()), 1);
+        assert_eq!(exit_code(&ClientError::Tls("CA file x.pem: no PEM certificate in it".into()).into()), 2);
+    }
+
+    #[test]
+    fn a_bad_ca_file_is_a_usage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("ca.pem");
+        std::fs::write(&bad, "not a certificate\n").unwrap();
+        let err = aether_client::Tls::new(Some(&bad)).unwrap_err();
+        assert_eq!(exit_code(&err.into()), EXIT_USAGE);
     }
 }
