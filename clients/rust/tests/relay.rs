@@ -322,6 +322,18 @@ async fn cli_commands_against_a_running_relay() {
     .await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, format!("ws://127.0.0.1:{port}\tlocal\n"));
+    // Relays picked from the cloud's endpoint list (the full /v1/clouds URL form).
+    let (code, out, err) = cli_async(vec![
+        "--cloud".into(),
+        format!("http://127.0.0.1:{port}/v1/clouds/local"),
+        "--token".into(),
+        "tok".into(),
+        "get".into(),
+        "cli".into(),
+        "other".into(),
+    ])
+    .await;
+    assert_eq!((code, out.trim()), (0, "true"), "{err}");
     let (code, _, err) = cli_async(vec![
         "--relay".into(),
         format!("ws://127.0.0.1:{}", free_port()),

@@ -20,12 +20,16 @@
 //! retries). An ack, error or superseded names the frame; the frame maps
 //! back to its client writes, and each write resolves on its own.
 //!
-//! - `sessions.rs`: dialing, promotion, loss, subscriptions, the outbox, pings.
+//! - `sessions.rs`: dialing, promotion, loss, subscriptions.
+//! - `outbox.rs`: each session's paced outbox, pings, resync after `rate-limited`.
 //! - `inbound.rs`: frames from relays (catchup, changes, acks, errors...).
-//! - `writes.rs`: stamping and queueing writes, sending, grouping, hedging, retries.
+//! - `writes.rs`: stamping and queueing writes, hedging, retries, acks and refusals.
+//! - `framing.rs`: write frames: size checks, grouping, building and sending them.
 //! - `persist.rs`: the queue file writer.
 
+mod framing;
 mod inbound;
+mod outbox;
 mod persist;
 mod sessions;
 mod writes;
