@@ -79,11 +79,15 @@ pub struct Clouds {
 
 impl Clouds {
     /// Reads `path` once (failing on a bad first document, so a typo shows at start) and
-    /// returns the holder plus the task that keeps it current.
-    pub fn load(path: PathBuf, poll: Duration) -> anyhow::Result<(Arc<Clouds>, impl Future<Output = ()>)> {
+    /// returns the holder plus the task that keeps it current (counting unusable reads in `errors`).
+    pub fn load(
+        path: PathBuf,
+        poll: Duration,
+        errors: prometheus::IntCounter,
+    ) -> anyhow::Result<(Arc<Clouds>, impl Future<Output = ()>)> {
         let (doc, raw) = read(&path).map_err(|e| anyhow::anyhow!("--clouds-file {}: {e}", path.display()))?;
         let clouds = Arc::new(Clouds { doc: RwLock::new(Some(Arc::new(doc))) });
-        let watcher = clouds.clone().watch(path, poll, raw);
+        let watcher = clouds.clone().watch(path, poll, raw, errors);
         Ok((clouds, watcher))
     }
 
@@ -92,7 +96,7 @@ impl Clouds {
         self.doc.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    async fn watch(self: Arc<Self>, path: PathBuf, poll: Duration, mut last: Vec<u8>) {
+    async fn watch(self: Arc<Self>, path: PathBuf, poll: Duration, mut last: Vec<u8>, errors: prometheus::IntCounter) {
         let mut tick = tokio::time::interval(poll);
         tick.tick().await;
         let mut last_error = None;
@@ -109,6 +113,7 @@ impl Clouds {
                     last_error = None;
                 }
                 Err(e) => {
+                    errors.inc();
                     if last_error.as_ref() != Some(&e) {
                         tracing::warn!(path = %path.display(), error = %e, "clouds file unusable; serving the last good one");
                     }

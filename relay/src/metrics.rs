@@ -27,6 +27,8 @@ pub struct Metrics {
     pub fanout_size: Histogram,
     /// Presence messages relayed.
     pub presence: IntCounter,
+    /// Reads of `--clouds-file` that found it unusable (the last good list stays in service).
+    pub clouds_file_errors: IntCounter,
     /// Open WebSocket connections.
     pub connections: IntGauge,
     /// Connections refused or closed by the relay, by reason.
@@ -127,6 +129,14 @@ impl Metrics {
                 .unwrap(),
             ),
             presence: registered(&r, IntCounter::new("aether_presence_total", "Presence messages relayed").unwrap()),
+            clouds_file_errors: registered(
+                &r,
+                IntCounter::new(
+                    "aether_clouds_file_errors_total",
+                    "Reads of --clouds-file that found it unusable (the last good list stays in service)",
+                )
+                .unwrap(),
+            ),
             connections: registered(&r, IntGauge::new("aether_connections", "Open WebSocket connections").unwrap()),
             disconnects: registered(
                 &r,

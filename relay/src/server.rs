@@ -165,7 +165,11 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
     };
     let clouds = match &args.clouds_file {
         Some(path) => {
-            let (clouds, watcher) = crate::clouds::Clouds::load(path.clone(), args.clouds_poll)?;
+            let (clouds, watcher) = crate::clouds::Clouds::load(
+                path.clone(),
+                args.clouds_poll,
+                relay.metrics().clouds_file_errors.clone(),
+            )?;
             tokio::spawn(watcher);
             Some(clouds)
         }

@@ -49,7 +49,12 @@ async fn endpoint_lists_are_served_and_follow_the_file() {
     .await;
     // A broken update is not served: the last good list stays.
     std::fs::write(&file, b"{\"version\": 1, \"clouds\": ").unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    eventually("the relay read the broken file", || async {
+        let (_, metrics) = relay.http_get("/metrics").await;
+        let line = metrics.lines().find(|l| l.starts_with("aether_clouds_file_errors_total ")).unwrap_or("");
+        if line.ends_with(" 0") || line.is_empty() { Err(line.to_owned()) } else { Ok(()) }
+    })
+    .await;
     let (status, body) = relay.http_get("/v1/clouds/eu-west").await;
     assert_eq!(status, 200);
     assert!(body.contains("eu2.example.com"), "{body}");
