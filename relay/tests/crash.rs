@@ -272,18 +272,23 @@ async fn snapshots_replace_old_segments_and_boot_restores_them() {
     let mut relay = Relay::start(dir.path(), &flags);
     let (mut c, _, _) = Client::join(&relay.ws_url("space=snap")).await;
     let mut model: HashMap<String, Value> = HashMap::new();
-    for i in 0..3000u64 {
-        let key = format!("k{}", i % 300);
-        if i % 11 == 0 {
-            c.send(json!({"type":"delete","key":key})).await;
-            model.remove(&key);
-        } else {
-            c.send(json!({"type":"set","key":key,"value":i})).await;
-            model.insert(key, json!(i));
+    // Six rounds, each waiting for its echoes (durable by default): every round is more
+    // than a segment's worth of records, so each one seals at least one segment however
+    // the group commit batched it, and six seals of 8 KiB cross 16 KiB at least thrice.
+    for round in 0..6u64 {
+        for i in round * 500..(round + 1) * 500 {
+            let key = format!("k{}", i % 300);
+            if i % 11 == 0 {
+                c.send(json!({"type":"delete","key":key})).await;
+                model.remove(&key);
+            } else {
+                c.send(json!({"type":"set","key":key,"value":i})).await;
+                model.insert(key, json!(i));
+            }
         }
-    }
-    for _ in 0..3000 {
-        c.recv().await;
+        for _ in 0..500 {
+            c.recv().await;
+        }
     }
     // Wait (bounded) for the snapshot thread to catch up with the sealed segments.
     let deadline = tokio::time::Instant::now() + common::DEADLINE;
@@ -293,7 +298,7 @@ async fn snapshots_replace_old_segments_and_boot_restores_them() {
         if snapshots.parse::<u64>().unwrap() >= 2 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no snapshot was written");
+        assert!(tokio::time::Instant::now() < deadline, "{snapshots} snapshots written, 2 expected");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // A clean stop lets a snapshot in progress finish; the SIGKILL test covers kills during snapshots.
