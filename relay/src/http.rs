@@ -1,10 +1,10 @@
-//! Plain HTTP endpoints: health, readiness, metrics and the dev landing page.
+//! Plain HTTP endpoints: health, readiness, metrics, admin views.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 
 use crate::gateway::GatewayCtx;
 
@@ -54,11 +54,6 @@ pub async fn metrics(State(ctx): State<Arc<GatewayCtx>>) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], ctx.relay.metrics().render()).into_response()
-}
-
-/// `GET /`: a small page that syncs a shared note and cursors between tabs.
-pub async fn index() -> Html<&'static str> {
-    Html(include_str!("index.html"))
 }
 
 /// `GET /v1/admin/shards`: membership, the owner of every shard, this

@@ -21,3 +21,4 @@ pub mod space;
 pub mod telemetry;
 pub mod tls;
 pub mod wal;
+pub mod web;

@@ -183,9 +183,9 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
         auth_timeout: args.auth_timeout,
         shutdown: shutdown_rx,
         clouds,
+        web_assets_dir: args.web_assets_dir.clone(),
     });
     let router = Router::new()
-        .route("/", get(http::index))
         .route("/ws", get(ws_json::handler))
         .route("/v1/ws", get(crate::gateway::native::ws::handler))
         .route("/healthz", get(http::healthz))
@@ -196,6 +196,7 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
         .route("/v1/spaces", get(http::spaces))
         .route("/v1/clouds", get(crate::clouds::list))
         .route("/v1/clouds/{cloud}", get(crate::clouds::one))
+        .fallback(crate::web::asset)
         .with_state(ctx.clone());
 
     if let Some(quic_addr) = args.quic_listen {

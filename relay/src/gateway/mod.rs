@@ -31,6 +31,8 @@ pub struct GatewayCtx {
     pub shutdown: watch::Receiver<bool>,
     /// Per-cloud endpoint lists (`--clouds-file`), if configured.
     pub clouds: Option<Arc<crate::clouds::Clouds>>,
+    /// `--web-assets-dir`: serve the pages and the browser client from this checkout.
+    pub web_assets_dir: Option<std::path::PathBuf>,
 }
 
 impl GatewayCtx {

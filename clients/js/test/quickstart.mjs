@@ -8,7 +8,7 @@ if (!base) {
   console.error("usage: node dev_page.mjs BASE_URL");
   process.exit(2);
 }
-const page_url = `${base}/?space=browser-smoke-${Date.now()}`;
+const page_url = `${base}/demos/counter.html?space=browser-smoke-${Date.now()}`;
 const timeout = 15_000;
 
 const browser = await chromium.launch({

@@ -1,0 +1,284 @@
+// The browser client (`/client/aether.js`) in headless Chromium against real
+// relays: sync, tabs, presence, offline edits across a reload and a relay
+// restart, superseded writes, failover through an endpoint list.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Relay, fixture, launchBrowser, openPage, tempDir, uniqueSpace, waitFor } from "./harness.mjs";
+
+const PAGE = `<!doctype html><meta charset="utf-8"><title>aether.js test page</title>
+<script type="module">
+import { Aether } from "/__test/aether.js";
+const p = new URLSearchParams(location.search);
+const relays = JSON.parse(p.get("relays"));
+const aether = new Aether(relays, { space: p.get("space"), ...JSON.parse(p.get("opts") || "{}") });
+window.aether = aether;
+window.log = { changes: [], supersede: [], status: [], errors: [], presence: [] };
+aether.onAny((e) => log.changes.push({ key: e.key, value: e.value, origin: e.origin }));
+aether.onSupersede((e) => log.supersede.push(e));
+aether.onStatus((s) => log.status.push(s));
+aether.onError((e) => log.errors.push(e));
+aether.onPresence((peers) => log.presence.push(peers));
+</script>`;
+
+let browser;
+before(async () => { browser = await launchBrowser(); });
+after(async () => { await browser?.close(); });
+
+/**
+ * The client as the relay serves it at /client/aether.js. Test pages load it
+ * from a routed copy, as an app would from its own server or service worker,
+ * so they can reload while the relay is down.
+ */
+let client = null;
+async function clientFrom(relay) {
+  const res = await fetch(`${relay.http}/client/aether.js`);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type"), /^text\/javascript/);
+  const code = await res.text();
+  assert.match(code, /export class Aether/);
+  client ??= code;
+  assert.equal(code, client, "every relay serves the same client");
+  return code;
+}
+
+/** A fresh browser profile (its own localStorage) with the test page and the client routed. */
+async function profile() {
+  assert.ok(client, "clientFrom(relay) first");
+  const context = await browser.newContext();
+  await fixture(context, "client", PAGE);
+  await context.route("**/__test/aether.js", (route) => route.fulfill({ status: 200, contentType: "text/javascript", body: client }));
+  return context;
+}
+
+function pageUrl(origin, space, relays, opts = {}) {
+  const q = new URLSearchParams({ space, relays: JSON.stringify(relays), opts: JSON.stringify(opts) });
+  return `${origin}/__test/client.html?${q}`;
+}
+
+async function online(page) {
+  await waitFor(page, () => window.aether && window.aether.status === "online", null, "the client to be online");
+}
+
+const get = (page, key) => page.evaluate((k) => window.aether.get(k), key);
+const waitValue = (page, key, value) =>
+  waitFor(page, ([k, v]) => JSON.stringify(window.aether.get(k)) === JSON.stringify(v), [key, value], `${key} = ${JSON.stringify(value)}`);
+
+describe("browser client", () => {
+  test("two browsers sync through the relay; tabs of one browser share writes at once, even offline", async () => {
+    const relay = await Relay.start();
+    await clientFrom(relay);
+    const space = uniqueSpace("sync");
+    const url = pageUrl(relay.http, space, relay.ws);
+    const one = await profile();
+    const two = await profile();
+    try {
+      const a1 = await openPage(one, url);
+      const a2 = await openPage(one, url);
+      const b = await openPage(two, url);
+      for (const p of [a1, a2, b]) await online(p);
+
+      // Actors: top bit set (relays require it), one per tab.
+      const actors = await Promise.all([a1, a2, b].map((p) => p.evaluate(() => window.aether.actor)));
+      for (const a of actors) assert.ok(BigInt(a) >= 1n << 63n, `actor ${a} has its top bit set`);
+      assert.equal(new Set(actors).size, 3, "every tab has its own actor");
+
+      const t0 = Date.now();
+      await a1.evaluate(() => window.aether.set("greeting", { text: "hello", n: 1 }));
+      await waitValue(b, "greeting", { text: "hello", n: 1 });
+      console.log(`# sync latency, browser A → relay → browser B: ${Date.now() - t0} ms`);
+      await waitValue(a2, "greeting", { text: "hello", n: 1 });
+      await a1.evaluate(() => window.aether.synced());
+      assert.equal(await a1.evaluate(() => window.aether.pending), 0);
+
+      // Deletes reach everyone too, as undefined.
+      await b.evaluate(() => window.aether.delete("greeting"));
+      await waitFor(a1, () => window.aether.get("greeting") === undefined && !window.aether.has("greeting"), null, "the delete");
+
+      // Presence: B sees A1's state and color; A1 never sees itself.
+      await a1.evaluate(() => window.aether.presence({ name: "A1", cursor: { x: 3, y: 4 } }));
+      const peer = await waitFor(b, () => window.aether.peers.find((p) => p.state.name === "A1"), null, "A1's presence on B");
+      assert.ok(typeof peer.color === "string" && peer.color.length > 0, `a color: ${peer.color}`);
+      assert.deepEqual(peer.state.cursor, { x: 3, y: 4 });
+      await a2.evaluate(() => window.aether.presence({ name: "A2" }));
+      await b.evaluate(() => window.aether.presence({ name: "B" }));
+      await waitFor(a1, () => window.aether.peers.map((p) => p.state.name).sort().join() === "A2,B", null, "A1 sees A2 and B, not itself");
+      assert.ok((await a1.evaluate(() => window.aether.peers.map((p) => p.session))).every((s) => s !== undefined));
+
+      // The relay goes: tabs of one browser still share writes (BroadcastChannel); other browsers cannot.
+      await relay.kill();
+      for (const p of [a1, a2, b]) await waitFor(p, () => window.aether.status !== "online", null, "offline");
+      await a1.evaluate(() => window.aether.set("offline", "tab to tab"));
+      await waitValue(a2, "offline", "tab to tab");
+      assert.equal(await get(b, "offline"), undefined, "B is another browser: nothing reaches it without the relay");
+      assert.deepEqual(await a2.evaluate(() => window.log.changes.filter((c) => c.key === "offline").map((c) => c.origin)), ["tab"]);
+      assert.equal(await b.evaluate(() => window.aether.peers.length), 0, "no presence ghosts while offline");
+
+      for (const p of [a1, a2, b]) assert.deepEqual(p.errors, []);
+    } finally {
+      await one.close();
+      await two.close();
+      await relay.close();
+    }
+  });
+
+  test("an offline edit survives a reload and a relay restart, and merges by stamp", async () => {
+    const relay = await Relay.start();
+    await clientFrom(relay);
+    const space = uniqueSpace("offline");
+    const url = pageUrl(relay.http, space, relay.ws);
+    const one = await profile();
+    const two = await profile();
+    try {
+      const a = await openPage(one, url);
+      const b = await openPage(two, url);
+      await online(a);
+      await online(b);
+      await a.evaluate(() => window.aether.update({ x: "base", z: "old from B?" }));
+      await b.evaluate(() => window.aether.set("z", "old from B"));
+      await waitValue(a, "z", "old from B");
+      await waitValue(b, "x", "base");
+      const actor = await a.evaluate(() => window.aether.actor);
+
+      await relay.stop();
+      await waitFor(a, () => window.aether.status !== "online", null, "A offline");
+      await waitFor(b, () => window.aether.status !== "online", null, "B offline");
+      // A edits offline: x (which B will then edit again, later), y (only A), z (newer than B's).
+      await a.evaluate(() => window.aether.update({ x: "offline A", y: "only A", z: "newer from A" }));
+      assert.equal(await a.evaluate(() => window.aether.pending), 3);
+      await new Promise((r) => setTimeout(r, 20)); // B's edit must be later on the wall clock
+      await b.evaluate(() => window.aether.set("x", "newer from B"));
+
+      // A reload while still offline: the edits are there, unsent, with the same actor.
+      await a.reload();
+      await waitFor(a, () => window.aether && window.aether.pending === 3, null, "A's unsent writes restored");
+      assert.equal(await a.evaluate(() => window.aether.actor), actor, "a reloaded tab keeps its actor");
+      assert.equal(await get(a, "x"), "offline A");
+      assert.equal(await get(a, "y"), "only A");
+      assert.equal(await get(a, "z"), "newer from A");
+      assert.notEqual(await a.evaluate(() => window.aether.status), "online");
+
+      await relay.restart();
+      await online(a);
+      await online(b);
+      for (const p of [a, b]) {
+        await waitValue(p, "x", "newer from B"); // A's older offline edit does not clobber B's newer one
+        await waitValue(p, "y", "only A");
+        await waitValue(p, "z", "newer from A"); // and the relay's older value does not clobber A's
+        await p.evaluate(() => window.aether.synced());
+      }
+      // And it all stays after another reload, now from the relay and the page's own storage.
+      await b.reload();
+      await online(b);
+      await waitValue(b, "x", "newer from B");
+      await waitValue(b, "y", "only A");
+      assert.deepEqual(a.errors, []);
+      assert.deepEqual(b.errors, []);
+    } finally {
+      await one.close();
+      await two.close();
+      await relay.close();
+    }
+  });
+
+  test("onSupersede fires on the loser of a concurrent write", async () => {
+    const relay = await Relay.start();
+    await clientFrom(relay);
+    const space = uniqueSpace("race");
+    const url = pageUrl(relay.http, space, relay.ws);
+    const one = await profile();
+    const two = await profile();
+    try {
+      // A's frames to the relay pass through here, so its write can be held back
+      // while B's later write lands: A's write then arrives older than what the relay has.
+      const a = await one.newPage();
+      a.errors = [];
+      const held = [];
+      let hold = false;
+      let toRelay = null;
+      await a.routeWebSocket(/\/v1\/ws$/, (ws) => {
+        const server = ws.connectToServer();
+        toRelay = server;
+        ws.onMessage((m) => (hold && String(m).includes('"write"') ? held.push(m) : server.send(m)));
+        server.onMessage((m) => ws.send(m));
+      });
+      await a.goto(url);
+      const b = await openPage(two, url);
+      await online(a);
+      await online(b);
+
+      hold = true;
+      await a.evaluate(() => window.aether.set("race", "from A"));
+      await waitFor(a, () => window.aether.pending === 1, null, "A's write pending");
+      while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
+      await new Promise((r) => setTimeout(r, 20)); // B writes later on the wall clock
+      await b.evaluate(() => window.aether.set("race", "from B"));
+      await b.evaluate(() => window.aether.synced());
+      hold = false;
+      for (const m of held.splice(0)) toRelay.send(m);
+
+      const ev = await waitFor(a, () => window.log.supersede[0], null, "onSupersede on A");
+      assert.equal(ev.key, "race");
+      assert.equal(ev.yours.value, "from A");
+      assert.equal(ev.winner.value, "from B");
+      assert.ok(BigInt(ev.winner.stamp.wallNs) > BigInt(ev.yours.stamp.wallNs));
+      await waitValue(a, "race", "from B");
+      await a.evaluate(() => window.aether.synced());
+      assert.equal(await get(b, "race"), "from B");
+      assert.equal(await b.evaluate(() => window.log.supersede.length), 0, "the winner is not told anything");
+      assert.ok(!(await b.evaluate(() => window.log.changes.some((c) => c.value === "from A"))), "B never saw A's losing value");
+      assert.deepEqual(a.errors, []);
+    } finally {
+      await one.close();
+      await two.close();
+      await relay.close();
+    }
+  });
+
+  test("fails over to the next relay of its cloud's endpoint list and keeps syncing", async () => {
+    // Both relays serve the same endpoint list, as the operator's ConfigMap would have them.
+    const clouds = join(tempDir(), "clouds.json");
+    const [r1, r2] = await Relay.mesh(2, ([u1, u2]) => {
+      writeFileSync(clouds, JSON.stringify({ version: 1, mesh: "test", clouds: { lab: [{ url: u1, cloud: "lab" }, { url: u2, cloud: "lab" }] } }));
+      return ["--clouds-file", clouds];
+    });
+    await clientFrom(r1);
+    await clientFrom(r2);
+    const space = uniqueSpace("failover");
+    const one = await profile();
+    const two = await profile();
+    try {
+      // A starts from the endpoint list's URL (fetched from r2, cross-origin) and connects to r1, its first.
+      const a = await openPage(one, pageUrl(r1.http, space, `${r2.http}/v1/clouds/lab`, { backoffMs: 100, maxBackoffMs: 1000 }));
+      const b = await openPage(two, pageUrl(r2.http, space, [r2.ws]));
+      await online(a);
+      await online(b);
+      assert.equal(await a.evaluate(() => window.aether.relay), `${r1.ws}/v1/ws`);
+
+      await a.evaluate(() => window.aether.set("k0", 0));
+      await waitValue(b, "k0", 0);
+
+      // Writes made while r1 dies are neither lost nor doubled.
+      await a.evaluate(() => { for (let i = 1; i <= 10; i++) window.aether.set(`k${i}`, i); });
+      await r1.kill();
+      await a.evaluate(() => { for (let i = 11; i <= 20; i++) window.aether.set(`k${i}`, i); });
+      await waitFor(a, (u) => window.aether.status === "online" && window.aether.relay === u, `${r2.ws}/v1/ws`, "A online through r2");
+      for (let i = 0; i <= 20; i++) await waitValue(b, `k${i}`, i);
+      await a.evaluate(() => window.aether.synced());
+      await b.evaluate(() => window.aether.set("back", "from B"));
+      await waitValue(a, "back", "from B");
+      // Each key changed on B exactly once (no duplicate applications of a resent write).
+      const seen = await b.evaluate(() => window.log.changes.filter((c) => c.key.startsWith("k")).map((c) => c.key));
+      assert.equal(seen.length, new Set(seen).size, `duplicate change events on B: ${seen}`);
+      assert.equal(new Set(seen).size, 21);
+      assert.deepEqual(a.errors, []);
+      assert.deepEqual(b.errors, []);
+    } finally {
+      await one.close();
+      await two.close();
+      await r1.close();
+      await r2.close();
+    }
+  });
+});
