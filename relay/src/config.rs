@@ -191,7 +191,7 @@ pub struct RelayArgs {
     /// kept in `<data-dir>/quic-cert.pem` (and `quic-key.pem`) for clients to trust.
     #[arg(long, env = "AETHER_QUIC_LISTEN")]
     pub quic_listen: Option<SocketAddr>,
-    /// Serve the web pages (`/`, `/demos/…`) and the browser client (`/client/aether.js`) from
+    /// Serve the web pages (`/`, `/demos/…`; `dev` only) and the browser client (`/client/aether.js`) from
     /// this checkout (the repository root) instead of the copies built into the binary, so
     /// they can be edited without rebuilding.
     #[arg(long, env = "AETHER_WEB_ASSETS_DIR")]

@@ -184,6 +184,7 @@ async fn run(args: RelayArgs, mesh_args: Option<(MeshArgs, Option<transport::Mes
         shutdown: shutdown_rx,
         clouds,
         web_assets_dir: args.web_assets_dir.clone(),
+        web_pages: mesh_args.is_none(),
     });
     let router = Router::new()
         .route("/ws", get(ws_json::handler))

@@ -74,7 +74,12 @@ export interface SupersedeEvent {
 }
 
 export interface AetherError {
-  /** A relay error code (`docs/protocol.md`), or `overflow` for the client's own queue bound. */
+  /**
+   * A relay error code (`docs/protocol.md`), or the client's own: `overflow` (its
+   * queue bound), `connect` / `connection` (a socket could not open, or was dropped
+   * as broken), `endpoints` (the endpoint list could not be fetched), `storage`
+   * (persisting failed, e.g. over quota). Errors that name `keys` undid those writes.
+   */
   code: string;
   message: string;
   /** Keys of the refused write; their local values were rolled back to what the relay confirmed. */

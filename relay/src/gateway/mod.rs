@@ -33,6 +33,8 @@ pub struct GatewayCtx {
     pub clouds: Option<Arc<crate::clouds::Clouds>>,
     /// `--web-assets-dir`: serve the pages and the browser client from this checkout.
     pub web_assets_dir: Option<std::path::PathBuf>,
+    /// Serve the demo pages (`dev`); every mode serves the browser client (`/client/…`).
+    pub web_pages: bool,
 }
 
 impl GatewayCtx {

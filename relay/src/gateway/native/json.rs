@@ -207,7 +207,7 @@ pub fn encode(frame: &pb::ServerFrame) -> String {
             let l = w.limits.unwrap_or_default();
             let _ = write!(
                 o,
-                r#"{{"welcome":{{"version":{},"relay":{},"nowNs":"{}","maxSkewNs":"{}","session":{},"color":{},"limits":{{"maxFrameBytes":{},"maxOpsPerWrite":{},"maxKeyBytes":{},"maxValueBytes":{},"maxSpaces":{}}}}}}}"#,
+                r#"{{"welcome":{{"version":{},"relay":{},"nowNs":"{}","maxSkewNs":"{}","session":{},"color":{},"limits":{{"maxFrameBytes":{},"maxOpsPerWrite":{},"maxKeyBytes":{},"maxValueBytes":{},"maxSpaces":{},"opsPerSec":{},"burst":{}}}}}}}"#,
                 w.version,
                 q(&w.relay),
                 w.now_ns,
@@ -218,7 +218,10 @@ pub fn encode(frame: &pb::ServerFrame) -> String {
                 l.max_ops_per_write,
                 l.max_key_bytes,
                 l.max_value_bytes,
-                l.max_spaces
+                l.max_spaces,
+                // A positive, finite rate (`parse_rate`): JSON has no NaN or infinity to fear.
+                l.ops_per_sec,
+                l.burst
             );
         }
         Some(Msg::Catchup(c)) => {
