@@ -9,11 +9,14 @@ fn main() {
     let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let mut assets = Vec::new();
     collect(&manifest.join("web"), "", &mut assets);
+    // The browser client: every module and declaration file in clients/js/src.
     let client = manifest.join("../clients/js/src");
-    for name in ["aether.js", "aether.d.ts", "react.js", "react.d.ts"] {
-        let path = client.join(name);
-        println!("cargo::rerun-if-changed={}", path.display());
-        if path.is_file() {
+    println!("cargo::rerun-if-changed={}", client.display());
+    for entry in fs::read_dir(&client).expect("reading clients/js/src") {
+        let path = entry.expect("reading clients/js/src").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if path.is_file() && (name.ends_with(".js") || name.ends_with(".d.ts")) {
+            println!("cargo::rerun-if-changed={}", path.display());
             assets.push((format!("/client/{name}"), path));
         }
     }

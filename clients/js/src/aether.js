@@ -11,15 +11,15 @@
 // time: after a reload and a reconnect it wins over older values and loses to
 // newer ones, which the relay reports as `superseded` (see `onSupersede`).
 //
-// Types: aether.d.ts. No dependencies; served by relays at /client/aether.js.
+// Modules: hlc.js (stamps, clock), endpoints.js (relay URLs), persist.js
+// (localStorage, actor leases). Types: aether.d.ts. No dependencies; relays
+// serve them all under /client/.
+
+import { parseRelays } from "./endpoints.js";
+import { Clock, MS, cmp, fromWire, newer, toWire } from "./hlc.js";
+import { Persistence, defaultStorage } from "./persist.js";
 
 const PROTOCOL = "aether.v1.json";
-const TOP_BIT = 1n << 63n;
-const U63 = TOP_BIT - 1n;
-const MS = 1_000_000n;
-/** How long a tab's claim on an actor id lasts without renewal. */
-const LEASE_MS = 10_000;
-const LEASE_RENEW_MS = 3_000;
 /** Client pings (RTT and dead-socket detection). */
 const PING_EVERY_MS = 15_000;
 const PONG_WITHIN_MS = 10_000;
@@ -34,93 +34,6 @@ const RETRY_CODES = new Set(["rate-limited", "overloaded", "unavailable", "write
 /** Relay errors after which another relay is tried. */
 const FAILOVER_CODES = new Set(["unavailable", "write-failed"]);
 
-// ---------------------------------------------------------------- stamps
-
-/** @typedef {{w: bigint, c: number, a: bigint}} St  wall ns, counter, actor */
-/** @typedef {{v: any, s: St}} Entry  value (undefined = tombstone) and stamp */
-
-function cmp(x, y) {
-  if (x.w !== y.w) return x.w < y.w ? -1 : 1;
-  if (x.c !== y.c) return x.c < y.c ? -1 : 1;
-  if (x.a !== y.a) return x.a < y.a ? -1 : 1;
-  return 0;
-}
-const newer = (x, y) => (!y ? x : !x ? y : cmp(x.s, y.s) >= 0 ? x : y);
-const toWire = (s) => ({ wallNs: s.w.toString(), counter: s.c, actor: s.a.toString() });
-function fromWire(w) {
-  if (!w || typeof w !== "object") throw new Error("missing stamp");
-  return { w: BigInt(w.wallNs ?? "0"), c: Number(w.counter ?? 0), a: BigInt(w.actor ?? "0") };
-}
-const publicStamp = toWire;
-
-/** A hybrid logical clock for one actor: never repeats, never runs backwards. */
-class Clock {
-  constructor(actor, last) {
-    this.actor = actor;
-    this.last = last ?? { w: 0n, c: 0, a: actor };
-    this.offsetNs = 0n;
-  }
-  now() {
-    const wall = BigInt(Date.now()) * MS + this.offsetNs;
-    this.last = wall > this.last.w ? { w: wall, c: 0, a: this.actor } : { w: this.last.w, c: this.last.c + 1, a: this.actor };
-    return this.last;
-  }
-  /** Moves past a stamp seen from elsewhere, so the next local write orders after it. */
-  observe(s) {
-    if (s.w > this.last.w || (s.w === this.last.w && s.c > this.last.c)) this.last = { w: s.w, c: s.c, a: this.actor };
-  }
-}
-
-function randomActor() {
-  const b = new BigUint64Array(1);
-  crypto.getRandomValues(b);
-  return (b[0] & U63) | TOP_BIT;
-}
-
-// ---------------------------------------------------------------- endpoints
-
-/** `http(s)://host[/path]` or `ws(s)://…` → the `/v1/ws` URL under it. */
-function socketUrl(base) {
-  const u = new URL(base, typeof location === "undefined" ? undefined : location.href);
-  if (u.protocol === "http:") u.protocol = "ws:";
-  else if (u.protocol === "https:") u.protocol = "wss:";
-  if (u.protocol !== "ws:" && u.protocol !== "wss:") throw new Error(`not a relay URL: ${base}`);
-  if (!u.pathname.endsWith("/v1/ws")) u.pathname = u.pathname.replace(/\/+$/, "") + "/v1/ws";
-  u.search = "";
-  u.hash = "";
-  return u.toString();
-}
-
-/** Returns `{urls, cloudUrl}`: socket URLs in order, and the endpoint-list URL to refresh them from. */
-function parseRelays(relays) {
-  if (typeof relays === "string") {
-    if (/\/v1\/clouds\/[^/]+\/?$/.test(relays)) return { urls: [], cloudUrl: relays };
-    return { urls: [socketUrl(relays)], cloudUrl: null };
-  }
-  const list = Array.isArray(relays) ? relays : relays && Array.isArray(relays.endpoints) ? relays.endpoints : null;
-  if (!list || list.length === 0) throw new TypeError("Aether: relays must be a URL, a non-empty list of URLs, or {endpoints: [...]}");
-  return { urls: list.map((e) => socketUrl(typeof e === "string" ? e : e.url)), cloudUrl: null };
-}
-
-// ---------------------------------------------------------------- persistence
-
-function defaultStorage() {
-  try {
-    return typeof localStorage === "undefined" ? null : localStorage;
-  } catch {
-    return null; // storage disabled (privacy settings): run in memory
-  }
-}
-
-function readJson(storage, key) {
-  if (!storage) return null;
-  try {
-    const text = storage.getItem(key);
-    return text ? JSON.parse(text) : null;
-  } catch {
-    return null; // unreadable: start without it rather than not at all
-  }
-}
 
 // ---------------------------------------------------------------- the client
 
@@ -128,10 +41,8 @@ export class Aether {
   #urls;
   #cloudUrl;
   #opts;
-  #storage;
-  #prefix;
+  #store;
   #clock;
-  #leaseTimer = null;
   /** @type {Map<string, Entry>} */ #confirmed = new Map();
   /** @type {Map<string, Entry>} */ #tab = new Map();
   /** Local ops not yet sent, one per key (a newer write replaces an unsent older one). */
@@ -166,9 +77,8 @@ export class Aether {
   #onPageHide = () => this.#saveAll(true);
   /** Back from the back-forward cache: take the actor's lease again. */
   #onPageShow = (e) => {
-    if (e.persisted && !this.#closed) this.#renewLease?.();
+    if (e.persisted && !this.#closed) this.#store.renewLease();
   };
-  #renewLease = null;
 
   constructor(relays, options) {
     if (!options || typeof options.space !== "string" || options.space === "") throw new TypeError("Aether: options.space is required");
@@ -184,13 +94,14 @@ export class Aether {
       client: options.client ?? "aether.js",
     };
     this.space = options.space;
-    this.#storage = options.storage === undefined ? defaultStorage() : options.storage;
-    this.#prefix = `aether/v1/${this.space}`;
-    this.#clock = new Clock(this.#claimActor());
+    const prefix = `aether/v1/${this.space}`;
+    const storage = options.storage === undefined ? defaultStorage() : options.storage;
+    this.#store = new Persistence(storage, prefix, (message) => this.#emit("error", { code: "storage", message, keys: [] }));
+    this.#clock = new Clock(this.#store.claimActor());
     this.actor = this.#clock.actor.toString();
     this.#load();
     if (this.#opts.broadcast && typeof BroadcastChannel !== "undefined") {
-      this.#channel = new BroadcastChannel(this.#prefix);
+      this.#channel = new BroadcastChannel(prefix);
       this.#channel.onmessage = (e) => this.#onTabMessage(e.data);
     }
     if (typeof addEventListener === "function") {
@@ -283,12 +194,12 @@ export class Aether {
     if (this.#closed) return;
     this.#closed = true;
     for (const t of [this.#reconnectTimer, this.#flushTimer, this.#pingTimer, this.#pongTimer, this.#presenceTimer, this.#saveTimer]) clearTimeout(t);
-    clearInterval(this.#leaseTimer);
     if (typeof removeEventListener === "function") {
       removeEventListener("pagehide", this.#onPageHide);
       removeEventListener("pageshow", this.#onPageShow);
     }
-    this.#saveAll(true);
+    this.#saveAll(false);
+    this.#store.release({ stop: true });
     this.#channel?.close();
     const ws = this.#ws;
     this.#ws = null;
@@ -566,8 +477,8 @@ export class Aether {
         this.#show(f.key, "superseded");
         this.#emit("supersede", {
           key: f.key,
-          yours: { value: mine.v, stamp: publicStamp(mine.s) },
-          winner: { value: winner.v, stamp: publicStamp(winner.s) },
+          yours: { value: mine.v, stamp: toWire(mine.s) },
+          winner: { value: winner.v, stamp: toWire(winner.s) },
         });
         this.#saveOutbox();
         break;
@@ -716,145 +627,46 @@ export class Aether {
     }
   }
 
-  // ------------------------------------------------------------ persistence
-  //
-  // `<prefix>/state`            confirmed entries and the resume point (saved lazily)
-  // `<prefix>/outbox/<actor>`   this actor's unacknowledged ops and clock (saved on every write)
-  // `<prefix>/actors`           actor → lease expiry: which tab uses which actor id
-  //
-  // An actor id must never be used by two tabs at once (their stamps could tie),
-  // and a reloaded tab must get its own back (its unsent writes carry it: relays
-  // refuse ops stamped by another actor). A tab holds a lease on its actor,
-  // renewed every few seconds and released when the page goes; sessionStorage
-  // remembers which one was this tab's. A tab that finds its actor leased by a
-  // live tab (a duplicated tab) takes an unleased one, preferring one with
-  // writes left behind by a closed tab, or a new one.
-
-  #claimActor() {
-    const s = this.#storage;
-    if (!s) return randomActor();
-    const key = `${this.#prefix}/actors`;
-    const leases = readJson(s, key) ?? {};
-    const now = Date.now();
-    const free = (a) => !(Number(leases[a]) > now);
-    let mine = null;
-    try {
-      mine = typeof sessionStorage === "undefined" ? null : sessionStorage.getItem(key);
-    } catch {
-      mine = null;
-    }
-    let actor = null;
-    if (mine && /^\d+$/.test(mine) && free(mine)) actor = mine;
-    if (!actor) {
-      const candidates = Object.keys(leases).filter((a) => /^\d+$/.test(a) && free(a));
-      actor = candidates.find((a) => (readJson(s, `${this.#prefix}/outbox/${a}`)?.ops ?? []).length > 0) ?? candidates[0] ?? null;
-    }
-    const id = actor ? BigInt(actor) : randomActor();
-    const renew = () => {
-      const l = readJson(s, key) ?? {};
-      l[id.toString()] = Date.now() + LEASE_MS;
-      this.#write(key, l);
-    };
-    renew();
-    this.#renewLease = renew;
-    this.#leaseTimer = setInterval(renew, LEASE_RENEW_MS);
-    try {
-      sessionStorage?.setItem(key, id.toString());
-    } catch {
-      // no sessionStorage: a reload takes any free actor, which is still safe
-    }
-    return id;
-  }
-
-  #releaseActor() {
-    const key = `${this.#prefix}/actors`;
-    const l = readJson(this.#storage, key);
-    if (!l) return;
-    // Free, but listed: a reload (or a new tab, adopting any unsent writes) takes it again,
-    // so the list stays as long as the most tabs ever open at once.
-    l[this.actor] = 0;
-    this.#write(key, l);
-  }
+  // ------------------------------------------------------------ persistence (persist.js)
 
   #load() {
-    const state = readJson(this.#storage, `${this.#prefix}/state`);
-    if (state && state.v === 1 && Array.isArray(state.entries)) {
-      for (const row of state.entries) {
-        try {
-          const [key, text, w, c, a] = row;
-          const entry = { v: text === null ? undefined : JSON.parse(text), s: { w: BigInt(w), c: Number(c), a: BigInt(a) } };
-          this.#confirmed.set(key, entry);
-          this.#view.set(key, entry);
-          this.#clock.observe(entry.s);
-        } catch {
-          // one bad row: skip it; the relay's catchup brings the key back
-        }
-      }
-      if (state.resume && typeof state.resume.epoch === "string") this.#resume = { epoch: state.resume.epoch, seq: String(state.resume.seq ?? "0") };
+    const { entries, resume } = this.#store.loadState();
+    for (const [key, entry] of entries) {
+      this.#confirmed.set(key, entry);
+      this.#view.set(key, entry);
+      this.#clock.observe(entry.s);
     }
-    const outbox = readJson(this.#storage, `${this.#prefix}/outbox/${this.actor}`);
-    if (outbox && Array.isArray(outbox.ops)) {
-      if (outbox.last) this.#clock.observe({ w: BigInt(outbox.last[0]), c: Number(outbox.last[1]), a: this.#clock.actor });
-      for (const row of outbox.ops) {
-        try {
-          const [key, text, w, c] = row;
-          const op = { key, v: text === null ? undefined : JSON.parse(text), s: { w: BigInt(w), c: Number(c), a: this.#clock.actor } };
-          const had = this.#queued.get(key);
-          if (!had || cmp(op.s, had.s) > 0) this.#queued.set(key, op);
-        } catch {
-          // skip a damaged row
-        }
-      }
-      for (const key of this.#queued.keys()) this.#show(key, "local");
+    this.#resume = resume;
+    const { last, ops } = this.#store.loadOutbox(this.#clock.actor);
+    if (last) this.#clock.observe(last);
+    for (const op of ops) {
+      const had = this.#queued.get(op.key);
+      if (!had || cmp(op.s, had.s) > 0) this.#queued.set(op.key, op);
     }
-  }
-
-  #write(key, value) {
-    if (!this.#storage) return true;
-    try {
-      this.#storage.setItem(key, JSON.stringify(value));
-      return true;
-    } catch (e) {
-      this.#emit("error", { code: "storage", message: `saving ${key}: ${e.message ?? e}`, keys: [] });
-      return false;
-    }
+    for (const key of this.#queued.keys()) this.#show(key, "local");
   }
 
   #saveOutbox() {
-    if (!this.#storage) return;
+    if (!this.#store.enabled) return;
     const ops = [...this.#queued.values(), ...[...this.#inflight.values()].flat()];
-    const key = `${this.#prefix}/outbox/${this.actor}`;
-    if (ops.length === 0) {
-      // The clock's last stamp still matters: keep it so a reload never reuses a stamp.
-      this.#write(key, { last: [this.#clock.last.w.toString(), this.#clock.last.c], ops: [] });
-      return;
-    }
-    this.#write(key, {
-      last: [this.#clock.last.w.toString(), this.#clock.last.c],
-      ops: ops.map((o) => [o.key, o.v === undefined ? null : JSON.stringify(o.v), o.s.w.toString(), o.s.c]),
-    });
+    this.#store.saveOutbox(this.actor, this.#clock.last, ops);
   }
 
   #scheduleSave() {
-    if (!this.#storage || this.#saveTimer) return;
+    if (!this.#store.enabled || this.#saveTimer) return;
     this.#saveTimer = setTimeout(() => {
       this.#saveTimer = null;
-      this.#saveState();
+      this.#store.saveState(this.#confirmed, this.#resume);
     }, SAVE_STATE_EVERY_MS);
   }
 
-  #saveState() {
-    const entries = [];
-    for (const [key, e] of this.#confirmed) entries.push([key, e.v === undefined ? null : JSON.stringify(e.v), e.s.w.toString(), e.s.c, e.s.a.toString()]);
-    this.#write(`${this.#prefix}/state`, { v: 1, entries, resume: this.#resume });
-  }
-
+  /** Everything now (the page is going, or the client closes); `release` frees the actor. */
   #saveAll(release) {
-    if (!this.#storage) return;
+    if (!this.#store.enabled) return;
     clearTimeout(this.#saveTimer);
     this.#saveTimer = null;
-    this.#saveState();
+    this.#store.saveState(this.#confirmed, this.#resume);
     this.#saveOutbox();
-    if (release) this.#releaseActor();
+    if (release) this.#store.release();
   }
 }

@@ -9,7 +9,7 @@ import { Relay, fixture, launchBrowser, openPage, tempDir, uniqueSpace, waitFor 
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>aether.js test page</title>
 <script type="module">
-import { Aether } from "/__test/aether.js";
+import { Aether } from "/__test/lib/aether.js";
 const p = new URLSearchParams(location.search);
 const relays = JSON.parse(p.get("relays"));
 const aether = new Aether(relays, { space: p.get("space"), ...JSON.parse(p.get("opts") || "{}") });
@@ -33,14 +33,22 @@ after(async () => { await browser?.close(); });
  */
 let client = null;
 async function clientFrom(relay) {
-  const res = await fetch(`${relay.http}/client/aether.js`);
-  assert.equal(res.status, 200);
-  assert.match(res.headers.get("content-type"), /^text\/javascript/);
-  const code = await res.text();
-  assert.match(code, /export class Aether/);
-  client ??= code;
-  assert.equal(code, client, "every relay serves the same client");
-  return code;
+  const modules = new Map();
+  const pending = ["aether.js"];
+  while (pending.length > 0) {
+    const name = pending.pop();
+    if (modules.has(name)) continue;
+    const res = await fetch(`${relay.http}/client/${name}`);
+    assert.equal(res.status, 200, `/client/${name}`);
+    assert.match(res.headers.get("content-type"), /^text\/javascript/);
+    const code = await res.text();
+    modules.set(name, code);
+    for (const m of code.matchAll(/from "\.\/([a-z-]+\.js)"/g)) pending.push(m[1]);
+  }
+  assert.match(modules.get("aether.js"), /export class Aether/);
+  client ??= modules;
+  assert.deepEqual(modules, client, "every relay serves the same client");
+  return modules;
 }
 
 /** A fresh browser profile (its own localStorage) with the test page and the client routed. */
@@ -48,7 +56,10 @@ async function profile() {
   assert.ok(client, "clientFrom(relay) first");
   const context = await browser.newContext();
   await fixture(context, "client", PAGE);
-  await context.route("**/__test/aether.js", (route) => route.fulfill({ status: 200, contentType: "text/javascript", body: client }));
+  await context.route("**/__test/lib/*.js", (route) => {
+    const body = client.get(new URL(route.request().url()).pathname.split("/").pop());
+    return body === undefined ? route.fulfill({ status: 404, body: "" }) : route.fulfill({ status: 200, contentType: "text/javascript", body });
+  });
   return context;
 }
 
