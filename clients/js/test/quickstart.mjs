@@ -1,11 +1,13 @@
-// Two headless Chromium tabs on the dev relay's page sync a counter, a note
-// and cursors through /ws, and a reload gets the state back from the relay.
-// Usage: node dev_page.mjs http://127.0.0.1:PORT
+// Checks a running relay's pages in headless Chromium (.ci/run points it at the
+// README's quick start): the three demos come online without errors, and two
+// tabs of the /ws counter page sync a counter, a note and cursors through /ws
+// (a reload gets the state back from the relay).
+// Usage: node quickstart.mjs http://127.0.0.1:PORT
 import { chromium } from "playwright-core";
 
 const base = process.argv[2];
 if (!base) {
-  console.error("usage: node dev_page.mjs BASE_URL");
+  console.error("usage: node quickstart.mjs BASE_URL");
   process.exit(2);
 }
 const page_url = `${base}/demos/counter.html?space=browser-smoke-${Date.now()}`;
@@ -19,6 +21,17 @@ const browser = await chromium.launch({
   ],
 });
 try {
+  for (const path of ["/", "/demos/kanban.html", "/demos/markdown.html"]) {
+    const demo = await browser.newPage();
+    const errors = [];
+    demo.on("pageerror", (e) => errors.push(e.message));
+    demo.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+    await demo.goto(`${base}${path}?space=quickstart-${Date.now()}`);
+    await demo.waitForFunction(() => document.querySelector('[data-testid="status"]')?.textContent === "online", null, { timeout });
+    if (errors.length > 0) throw new Error(`${path}: ${errors.join("; ")}`);
+    await demo.close();
+    console.log(`demo ${path} online`);
+  }
   const context = await browser.newContext();
   const open = async () => {
     const page = await context.newPage();
