@@ -17,6 +17,7 @@
 
 import { parseRelays } from "./endpoints.js";
 import { Clock, MS, cmp, fromWire, newer, toWire } from "./hlc.js";
+import { InFlight } from "./inflight.js";
 import { Persistence, defaultStorage } from "./persist.js";
 
 const PROTOCOL = "aether.v1.json";
@@ -48,7 +49,9 @@ export class Aether {
   /** Local ops not yet sent, one per key (a newer write replaces an unsent older one). */
   #queued = new Map();
   /** Sent writes awaiting their ack: id → ops. */
-  #inflight = new Map();
+  #inflight = new InFlight();
+  /** Local ops not yet persisted nor told to other tabs (see `update`). */
+  #written = [];
   /** @type {Map<string, Entry>} */ #view = new Map();
   #nextId = 1n;
   #resume = null; // {epoch, seq}
@@ -118,9 +121,7 @@ export class Aether {
   get session() { return this.#session; }
   get color() { return this.#color; }
   get pending() {
-    let n = this.#queued.size;
-    for (const ops of this.#inflight.values()) n += ops.length;
-    return n;
+    return this.#queued.size + this.#inflight.size;
   }
   get peers() { return [...this.#peers.values()]; }
 
@@ -157,9 +158,18 @@ export class Aether {
       this.#show(op.key, "local");
     }
     this.#bound();
-    this.#saveOutbox();
-    this.#post({ t: "ops", ops: ops.map((o) => [o.key, o.v === undefined ? null : JSON.stringify(o.v), toWire(o.s)]) });
+    // Persisted and told to other tabs once per burst of writes, at the end of the current
+    // task: no reload can come between a write and its save.
+    if (this.#written.length === 0) queueMicrotask(() => this.#afterWrites());
+    for (const o of ops) this.#written.push([o.key, o.v === undefined ? null : JSON.stringify(o.v), toWire(o.s)]);
     this.#scheduleFlush(0);
+  }
+
+  #afterWrites() {
+    const ops = this.#written;
+    this.#written = [];
+    this.#saveOutbox();
+    this.#post({ t: "ops", ops });
   }
 
   synced() {
@@ -229,7 +239,7 @@ export class Aether {
   #show(key, origin) {
     let best = newer(this.#confirmed.get(key), this.#tab.get(key));
     best = newer(best, this.#queued.get(key));
-    for (const ops of this.#inflight.values()) for (const op of ops) if (op.key === key) best = newer(best, op);
+    best = newer(best, this.#inflight.newest(key));
     const before = this.#view.get(key);
     if (best === before || (best && before && cmp(best.s, before.s) === 0)) return;
     this.#view.set(key, best);
@@ -378,8 +388,7 @@ export class Aether {
     clearTimeout(this.#presenceTimer);
     // Unacknowledged writes go back to the queue (a newer queued op for the same key wins);
     // resending them is harmless: stamps make them idempotent.
-    const back = [...this.#inflight.values()].flat();
-    this.#inflight.clear();
+    const back = this.#inflight.clear();
     const requeued = new Map();
     for (const op of [...back, ...this.#queued.values()]) {
       const had = requeued.get(op.key);
@@ -459,18 +468,15 @@ export class Aether {
         break;
       }
       case "ack": {
-        const ops = this.#inflight.get(f.id ?? "0");
+        const ops = this.#inflight.take(f.id ?? "0");
         if (!ops) break;
-        this.#inflight.delete(f.id);
         for (const op of ops) this.#confirm(op.key, { v: op.v, s: op.s }, "local");
         this.#afterSettle();
         break;
       }
       case "superseded": {
-        const ops = this.#inflight.get(f.id ?? "0");
-        const i = ops ? ops.findIndex((o) => o.key === f.key) : -1;
-        if (i < 0) break;
-        const [mine] = ops.splice(i, 1);
+        const mine = this.#inflight.takeOne(f.id ?? "0", f.key);
+        if (!mine) break;
         const w = f.winner ?? {};
         const winner = { v: w.delete ? undefined : w.value ?? null, s: fromWire(w.stamp) };
         this.#confirm(f.key, winner, "superseded");
@@ -511,9 +517,8 @@ export class Aether {
   #onError(ws, f) {
     const code = f.code ?? "error";
     const message = f.message ?? "";
-    const ops = f.id && f.id !== "0" ? this.#inflight.get(f.id) : undefined;
+    const ops = f.id && f.id !== "0" ? this.#inflight.take(f.id) : undefined;
     if (ops) {
-      this.#inflight.delete(f.id);
       if (code === "quorum-timeout") {
         // Durable at this relay; it replicates on its own.
         for (const op of ops) this.#confirm(op.key, { v: op.v, s: op.s }, "local");
@@ -572,7 +577,7 @@ export class Aether {
       const id = (this.#nextId++).toString();
       if (!this.#send({ write: { id, space: this.space, ops: wire } })) return;
       for (const op of batch) this.#queued.delete(op.key);
-      this.#inflight.set(id, batch);
+      this.#inflight.add(id, batch);
     }
     this.#saveOutbox();
   }
@@ -648,7 +653,7 @@ export class Aether {
 
   #saveOutbox() {
     if (!this.#store.enabled) return;
-    const ops = [...this.#queued.values(), ...[...this.#inflight.values()].flat()];
+    const ops = [...this.#queued.values(), ...this.#inflight.all()];
     this.#store.saveOutbox(this.actor, this.#clock.last, ops);
   }
 
