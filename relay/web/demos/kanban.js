@@ -4,19 +4,28 @@
 // priority, order}. Orders are fractional, so moving a card is one write.
 // Deleting a column deletes its cards in the same `update()` (one write).
 // Every title goes through textContent: nothing user-written becomes HTML.
+//
+// This module holds the model, the actions and the rendering of the board;
+// editing titles and adding cards or columns are in kanban-editing.js, moving
+// cards (drag and drop, Alt+arrow keys) in kanban-drag.js.
 import { startDemo, h, icon, newId, toast, cursorLayer, initials, keepingFocus } from "./common.js";
+import {
+  forgetEditor, forgetComposer, newColumnForm, addColEl,
+  startEditCard, startRenameColumn, openComposer, renderComposerButton, renderAddColumn, openNewColumn,
+} from "./kanban-editing.js";
+import { drag, suppressClick, cancelDrag, moveCardByKey } from "./kanban-drag.js";
 
-const demo = startDemo({ page: "kanban", title: "Kanban board", defaultSpace: "kanban" });
-const { aether } = demo;
+export const demo = startDemo({ page: "kanban", title: "Kanban board", defaultSpace: "kanban" });
+export const { aether } = demo;
 
 const PRIORITIES = ["low", "medium", "high"];
 const PRIORITY_LABEL = { low: "Low", medium: "Medium", high: "High" };
 const COLUMN_COLORS = ["#8e8ea8", "#3e63dd", "#f5a524", "#8e4ec6", "#d6409f", "#12a594", "#e5484d"];
 
 const $ = (id) => document.getElementById(id);
-const board = $("board");
-const columnsEl = $("columns");
-const emptyEl = $("empty");
+export const board = $("board");
+export const columnsEl = $("columns");
+export const emptyEl = $("empty");
 
 // ----------------------------------------------------------------- model ---
 
@@ -30,7 +39,7 @@ function readColumn(id, raw) {
   return { id, title: str(v.title, 120).trim() || "Untitled", order: num(v.order) };
 }
 
-function readCard(id, raw) {
+export function readCard(id, raw) {
   const v = obj(raw);
   return {
     id,
@@ -41,7 +50,7 @@ function readCard(id, raw) {
   };
 }
 
-let model = { columns: [], cards: [], byColumn: new Map(), orphans: [], cardById: new Map(), columnById: new Map() };
+export let model = { columns: [], cards: [], byColumn: new Map(), orphans: [], cardById: new Map(), columnById: new Map() };
 
 function readModel() {
   const columns = aether.entries("column/").map(([k, v]) => readColumn(k.slice(7), v)).filter((c) => c.id);
@@ -56,12 +65,12 @@ function readModel() {
 }
 
 /** A card's stored value with `patch` applied (read fresh, so concurrent edits to other fields survive). */
-function cardValue(id, patch) {
+export function cardValue(id, patch) {
   const c = readCard(id, aether.get(`card/${id}`));
   return { column: c.column, title: c.title, priority: c.priority, order: c.order, ...patch };
 }
 
-function orderBetween(before, after) {
+export function orderBetween(before, after) {
   if (before === undefined && after === undefined) return 1;
   if (before === undefined) return after - 1;
   if (after === undefined) return before + 1;
@@ -70,14 +79,14 @@ function orderBetween(before, after) {
 
 // --------------------------------------------------------------- actions ---
 
-function addColumn(title) {
+export function addColumn(title) {
   const last = model.columns[model.columns.length - 1];
   const id = newId();
   aether.set(`column/${id}`, { title, order: last ? last.order + 1 : 1 });
   return id;
 }
 
-function renameColumn(id, title) {
+export function renameColumn(id, title) {
   const cur = aether.get(`column/${id}`);
   if (cur === undefined) return;
   const col = readColumn(id, cur);
@@ -103,7 +112,7 @@ function deleteColumn(id) {
   });
 }
 
-function addCard(columnId, title) {
+export function addCard(columnId, title) {
   const list = model.byColumn.get(columnId) || [];
   const last = list[list.length - 1];
   const id = newId();
@@ -143,12 +152,12 @@ function createSampleBoard() {
 
 // ---------------------------------------------------------------- render ---
 
-const colEls = new Map(); // column id (or ORPHANS) → {el, list, title, count, dot}
-const cardEls = new Map(); // card id → {el, title, prio, select, peers, badge}
-const ORPHANS = "\u0000orphans";
+export const colEls = new Map(); // column id (or ORPHANS) → {el, list, title, count, dot}
+export const cardEls = new Map(); // card id → {el, title, prio, select, peers, badge}
+export const ORPHANS = "\u0000orphans";
 
 let renderQueued = false;
-function scheduleRender() {
+export function scheduleRender() {
   if (renderQueued) return;
   renderQueued = true;
   queueMicrotask(render);
@@ -234,7 +243,7 @@ function placeChildren(parent, els, skip) {
   }
 }
 
-function render() {
+export function render() {
   renderQueued = false;
   keepingFocus(renderBoard);
 }
@@ -250,7 +259,7 @@ function renderBoard() {
       if (drag && entry.list.contains(drag.el)) cancelDrag();
       entry.el.remove();
       colEls.delete(id);
-      if (composer && composer.columnId === id) composer = null;
+      forgetComposer(id);
     }
   }
   const colOrder = model.columns.map((col, i) => {
@@ -267,7 +276,7 @@ function renderBoard() {
   for (const [id, entry] of cardEls) {
     if (!model.cardById.has(id)) {
       if (drag && drag.id === id) cancelDrag();
-      if (editing && editing.id === id) editing = null;
+      forgetEditor(id);
       entry.el.remove();
       cardEls.delete(id);
     }
@@ -300,350 +309,6 @@ function renderBoard() {
   paintPeers();
 }
 
-// ------------------------------------------------------ title / rename ---
-
-let editing = null; // {id, ta}
-
-function startEditCard(id) {
-  const entry = cardEls.get(id);
-  if (!entry || (editing && editing.id === id)) return;
-  if (editing) editing.finish(true);
-  const original = model.cardById.get(id)?.title ?? entry.title.textContent;
-  const ta = h("textarea", { class: "kb-edit", rows: 1, maxlength: 2000, "aria-label": "Card title", "data-testid": "card-title-input" });
-  ta.value = original;
-  entry.title.hidden = true;
-  entry.title.after(ta);
-  entry.el.classList.add("is-editing");
-  const grow = () => { ta.style.height = "auto"; ta.style.height = `${ta.scrollHeight}px`; };
-  grow();
-  ta.focus();
-  ta.setSelectionRange(ta.value.length, ta.value.length);
-  demo.presence.set({ editing: id });
-
-  let done = false;
-  const finish = (save) => {
-    if (done) return;
-    done = true;
-    const value = ta.value.replace(/\s+$/g, "").replace(/^\s+/g, "");
-    if (save && value && aether.get(`card/${id}`) !== undefined && value !== readCard(id, aether.get(`card/${id}`)).title) {
-      aether.set(`card/${id}`, cardValue(id, { title: value }));
-    }
-    ta.remove();
-    entry.title.hidden = false;
-    entry.el.classList.remove("is-editing");
-    if (editing && editing.id === id) editing = null;
-    demo.presence.set({ editing: null });
-    scheduleRender();
-  };
-  editing = { id, ta, finish };
-  ta.addEventListener("input", grow);
-  ta.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); finish(true); entry.el.focus(); }
-    else if (e.key === "Escape") { e.preventDefault(); finish(false); entry.el.focus(); }
-  });
-  ta.addEventListener("blur", () => finish(true));
-  ta.addEventListener("pointerdown", (e) => e.stopPropagation());
-}
-
-function startRenameColumn(id) {
-  const entry = colEls.get(id);
-  if (!entry || entry.renaming) return;
-  const col = model.columnById.get(id);
-  const input = h("input", { class: "kb-col-title-input", value: col ? col.title : entry.title.textContent, maxlength: 120, "aria-label": "Column name", "data-testid": "column-title-input" });
-  entry.renaming = true;
-  entry.title.hidden = true;
-  entry.title.after(input);
-  input.focus();
-  input.select();
-  let done = false;
-  const finish = (save) => {
-    if (done) return;
-    done = true;
-    const v = input.value.trim();
-    if (save && v) renameColumn(id, v);
-    input.remove();
-    entry.title.hidden = false;
-    entry.renaming = false;
-    scheduleRender();
-  };
-  input.addEventListener("keydown", (e) => {
-    if (e.key === "Enter") { e.preventDefault(); finish(true); }
-    else if (e.key === "Escape") { e.preventDefault(); finish(false); }
-  });
-  input.addEventListener("blur", () => finish(true));
-}
-
-// ------------------------------------------------------------ composers ---
-
-let composer = null; // {columnId, ta}
-
-function renderComposerButton(columnId, foot) {
-  foot.replaceChildren(h("button", {
-    type: "button", class: "kb-add-card", "data-testid": "add-card",
-    on: { click: () => openComposer(columnId) },
-  }, icon("plus"), "Add card"));
-}
-
-function openComposer(columnId) {
-  const entry = colEls.get(columnId);
-  if (!entry) return;
-  if (composer && composer.columnId === columnId) { composer.ta.focus(); return; }
-  if (composer) composer.close();
-  const ta = h("textarea", { rows: 2, maxlength: 2000, placeholder: "What needs to be done?", "aria-label": "New card title", "data-testid": "new-card-input" });
-  const submit = () => {
-    const title = ta.value.trim();
-    if (!title) { ta.focus(); return; }
-    addCard(columnId, title);
-    ta.value = "";
-    grow();
-    ta.focus();
-    queueMicrotask(() => { entry.list.scrollTop = entry.list.scrollHeight; });
-  };
-  const close = () => {
-    if (composer && composer.ta === ta) composer = null;
-    if (entry.foot.isConnected) renderComposerButton(columnId, entry.foot);
-  };
-  const grow = () => { ta.style.height = "auto"; ta.style.height = `${Math.max(60, ta.scrollHeight + 2)}px`; };
-  const keepFocus = (e) => e.preventDefault(); // buttons must not blur the textarea first
-  entry.foot.replaceChildren(h("div", { class: "kb-composer" }, ta,
-    h("div", { class: "kb-composer-row" },
-      h("button", { type: "button", class: "am-btn am-btn-primary", "data-testid": "new-card-submit", on: { mousedown: keepFocus, click: submit } }, "Add card"),
-      h("button", { type: "button", class: "am-icon-btn", "aria-label": "Cancel", title: "Cancel (Esc)", on: { mousedown: keepFocus, click: close } }, icon("x")),
-      h("span", { class: "hint" }, h("span", { class: "am-kbd", text: "↵" }), " to add"))));
-  ta.addEventListener("input", grow);
-  ta.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); submit(); }
-    else if (e.key === "Escape") { e.preventDefault(); close(); }
-  });
-  ta.addEventListener("blur", () => { if (!ta.value.trim()) setTimeout(() => { if (document.activeElement !== ta) close(); }, 0); });
-  composer = { columnId, ta, close };
-  ta.focus();
-}
-
-// New column: a dashed ghost at the end of the board that turns into a form.
-const addColEl = h("div", { style: { display: "contents" } });
-let newColumnForm = null;
-
-function renderAddColumn() {
-  newColumnForm = null;
-  addColEl.replaceChildren(h("button", {
-    type: "button", class: "kb-add-col", "data-testid": "add-column", on: { click: openNewColumn },
-  }, icon("plus"), "Add column"));
-}
-
-function openNewColumn() {
-  const input = h("input", { placeholder: "Column name", maxlength: 120, "aria-label": "New column name", "data-testid": "new-column-input" });
-  const submit = () => {
-    const title = input.value.trim();
-    if (!title) { input.focus(); return; }
-    addColumn(title);
-    renderAddColumn();
-    scheduleRender();
-    queueMicrotask(() => { board.scrollLeft = board.scrollWidth; });
-  };
-  const keepFocus = (e) => e.preventDefault();
-  newColumnForm = h("div", { class: "kb-new-col" }, input,
-    h("div", { class: "kb-composer-row" },
-      h("button", { type: "button", class: "am-btn am-btn-primary", "data-testid": "new-column-submit", on: { mousedown: keepFocus, click: submit } }, "Add column"),
-      h("button", { type: "button", class: "am-icon-btn", "aria-label": "Cancel", on: { mousedown: keepFocus, click: () => { renderAddColumn(); scheduleRender(); } } }, icon("x"))));
-  addColEl.replaceChildren(newColumnForm);
-  columnsEl.hidden = false;
-  emptyEl.hidden = true;
-  input.addEventListener("keydown", (e) => {
-    if (e.key === "Enter") { e.preventDefault(); submit(); }
-    else if (e.key === "Escape") { e.preventDefault(); renderAddColumn(); scheduleRender(); }
-  });
-  input.addEventListener("blur", () => { if (!input.value.trim()) setTimeout(() => { if (newColumnForm && !newColumnForm.contains(document.activeElement)) { renderAddColumn(); scheduleRender(); } }, 0); });
-  input.focus();
-}
-
-/** Alt+↑/↓ moves a focused card within its column, Alt+←/→ to the next column (one write each). */
-function moveCardByKey(id, key) {
-  const card = model.cardById.get(id);
-  if (!card) return;
-  const cols = model.columns;
-  const ci = cols.findIndex((c) => c.id === card.column);
-  let column = card.column;
-  let order;
-  if (key === "ArrowUp" || key === "ArrowDown") {
-    if (ci < 0) return;
-    const list = model.byColumn.get(column);
-    const i = list.findIndex((c) => c.id === id);
-    if (key === "ArrowUp") {
-      if (i <= 0) return;
-      order = orderBetween(list[i - 2]?.order, list[i - 1].order);
-    } else {
-      if (i >= list.length - 1) return;
-      order = orderBetween(list[i + 1].order, list[i + 2]?.order);
-    }
-  } else {
-    const target = cols[ci < 0 ? 0 : ci + (key === "ArrowLeft" ? -1 : 1)];
-    if (!target) return;
-    column = target.id;
-    const list = model.byColumn.get(column);
-    order = orderBetween(list[list.length - 1]?.order, undefined);
-  }
-  aether.set(`card/${id}`, cardValue(id, { column, order }));
-  render();
-  cardEls.get(id)?.el.focus();
-}
-
-// ------------------------------------------------------------------ drag ---
-// Pointer events (mouse, pen, touch): the card stays in the list as a dashed
-// placeholder that moves to the drop position, a floating copy follows the
-// pointer, and the drop is one write of the card with its new column/order.
-
-let drag = null;
-let suppressClick = false;
-
-board.addEventListener("pointerdown", (e) => {
-  if (e.button !== 0 || drag) return;
-  const cardEl = e.target.closest(".kb-card");
-  if (!cardEl || e.target.closest("button, select, input, textarea, a, label")) return;
-  const id = cardEl.dataset.id;
-  if (editing && editing.id === id) return;
-  drag = { id, el: cardEl, pointerId: e.pointerId, startX: e.clientX, startY: e.clientY, started: false };
-  addEventListener("pointermove", onDragMove);
-  addEventListener("pointerup", onDragEnd);
-  addEventListener("pointercancel", cancelDrag);
-});
-
-function beginDrag(e) {
-  const { el } = drag;
-  const rect = el.getBoundingClientRect();
-  drag.started = true;
-  drag.offsetX = drag.startX - rect.left;
-  drag.offsetY = drag.startY - rect.top;
-  drag.fromList = el.parentNode;
-  drag.fromPrev = siblingCard(el, -1)?.dataset.id ?? null;
-  drag.fromNext = siblingCard(el, 1)?.dataset.id ?? null;
-  const ghost = el.cloneNode(true);
-  ghost.classList.add("kb-ghost");
-  ghost.removeAttribute("data-testid");
-  ghost.querySelectorAll("[data-testid]").forEach((n) => n.removeAttribute("data-testid"));
-  ghost.style.width = `${rect.width}px`;
-  const ghostSelect = ghost.querySelector("select");
-  if (ghostSelect) ghostSelect.value = el.querySelector("select").value;
-  document.body.append(ghost);
-  drag.ghost = ghost;
-  el.classList.add("is-dragging");
-  document.body.classList.add("kb-dragging");
-  document.getSelection()?.removeAllRanges();
-  if (editing) editing.finish(true);
-  demo.presence.set({ drag: drag.id });
-  drag.scroll = requestAnimationFrame(autoScroll);
-  moveGhost(e);
-}
-
-function siblingCard(el, dir) {
-  let s = dir < 0 ? el.previousElementSibling : el.nextElementSibling;
-  while (s && !s.classList.contains("kb-card")) s = dir < 0 ? s.previousElementSibling : s.nextElementSibling;
-  return s;
-}
-
-function moveGhost(e) {
-  drag.x = e.clientX;
-  drag.y = e.clientY;
-  drag.ghost.style.transform = `translate(${e.clientX - drag.offsetX}px, ${e.clientY - drag.offsetY}px) rotate(2.5deg)`;
-  placePlaceholder();
-}
-
-function placePlaceholder() {
-  const { x, y, el } = drag;
-  // The target column: the one under the pointer, else the nearest horizontally.
-  let best = null;
-  let bestDist = Infinity;
-  for (const [id, entry] of colEls) {
-    if (id === ORPHANS) continue;
-    const r = entry.el.getBoundingClientRect();
-    const d = x < r.left ? r.left - x : x > r.right ? x - r.right : 0;
-    if (d < bestDist) { bestDist = d; best = entry; }
-  }
-  for (const entry of colEls.values()) entry.el.classList.toggle("is-drop-target", entry === best);
-  if (!best) return;
-  const list = best.list;
-  let before = null;
-  for (const child of list.children) {
-    if (child === el || !child.classList.contains("kb-card")) continue;
-    const r = child.getBoundingClientRect();
-    if (y < r.top + r.height / 2) { before = child; break; }
-  }
-  if (el.parentNode !== list || (before ? el.nextElementSibling !== before : list.lastElementChild !== el)) {
-    list.insertBefore(el, before);
-  }
-}
-
-function autoScroll() {
-  if (!drag || !drag.started) return;
-  const r = board.getBoundingClientRect();
-  const edge = 70;
-  let dx = 0;
-  if (drag.x < r.left + edge) dx = -Math.ceil((r.left + edge - drag.x) / 6);
-  else if (drag.x > r.right - edge) dx = Math.ceil((drag.x - (r.right - edge)) / 6);
-  if (dx) { board.scrollLeft += dx; placePlaceholder(); }
-  drag.scroll = requestAnimationFrame(autoScroll);
-}
-
-function onDragMove(e) {
-  if (!drag || e.pointerId !== drag.pointerId) return;
-  if (!drag.started) {
-    if (Math.hypot(e.clientX - drag.startX, e.clientY - drag.startY) < 5) return;
-    beginDrag(e);
-  }
-  e.preventDefault();
-  moveGhost(e);
-}
-
-function onDragEnd(e) {
-  if (!drag || e.pointerId !== drag.pointerId) return;
-  const d = drag;
-  if (!d.started) { stopDrag(); return; }
-  const list = d.el.parentNode;
-  const colEntry = [...colEls.entries()].find(([, entry]) => entry.list === list);
-  const columnId = colEntry ? colEntry[0] : null;
-  const prev = siblingCard(d.el, -1);
-  const next = siblingCard(d.el, 1);
-  const unchanged = list === d.fromList && (prev?.dataset.id ?? null) === d.fromPrev && (next?.dataset.id ?? null) === d.fromNext;
-  stopDrag();
-  suppressClick = true;
-  setTimeout(() => { suppressClick = false; }, 0);
-  if (!columnId || columnId === ORPHANS || unchanged || aether.get(`card/${d.id}`) === undefined) { scheduleRender(); return; }
-  const a = prev ? model.cardById.get(prev.dataset.id)?.order : undefined;
-  const b = next ? model.cardById.get(next.dataset.id)?.order : undefined;
-  if (a !== undefined && b !== undefined && !(b - a > 1e-9)) {
-    // The gap is used up (or orders tie): renumber the target list, still one write.
-    const changes = {};
-    [...list.children].filter((c) => c.classList.contains("kb-card")).forEach((c, i) => {
-      if (aether.get(`card/${c.dataset.id}`) !== undefined) changes[`card/${c.dataset.id}`] = cardValue(c.dataset.id, { column: columnId, order: i + 1 });
-    });
-    aether.update(changes);
-  } else {
-    aether.set(`card/${d.id}`, cardValue(d.id, { column: columnId, order: orderBetween(a, b) }));
-  }
-  scheduleRender();
-}
-
-function stopDrag() {
-  if (!drag) return;
-  removeEventListener("pointermove", onDragMove);
-  removeEventListener("pointerup", onDragEnd);
-  removeEventListener("pointercancel", cancelDrag);
-  if (drag.scroll) cancelAnimationFrame(drag.scroll);
-  drag.ghost?.remove();
-  drag.el.classList.remove("is-dragging");
-  document.body.classList.remove("kb-dragging");
-  for (const entry of colEls.values()) entry.el.classList.remove("is-drop-target");
-  if (drag.started) demo.presence.set({ drag: null });
-  drag = null;
-}
-
-function cancelDrag() {
-  if (!drag) return;
-  stopDrag();
-  scheduleRender();
-}
-
-addEventListener("keydown", (e) => { if (e.key === "Escape" && drag && drag.started) cancelDrag(); });
 
 // -------------------------------------------------------------- presence ---
 

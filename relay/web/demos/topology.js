@@ -10,96 +10,16 @@
 // event schedules one render, which reconciles the SVG with the store. Values
 // written by others are untrusted: they are validated before use, and text only
 // ever reaches the page through textContent.
+//
+// This module holds the state, rendering and interaction of the canvas; the
+// inspector panel is in topology-inspector.js, and the vocabulary, helpers and
+// validation of stored values in topology-shared.js.
 import { Aether } from "/client/aether.js";
-
-// ---- Vocabulary --------------------------------------------------------------
-
-const KINDS = [
-  { kind: "server", label: "Server", color: "#3b82f6" },
-  { kind: "router", label: "Router", color: "#6d5dfc" },
-  { kind: "switch", label: "Switch", color: "#0ea5e9" },
-  { kind: "firewall", label: "Firewall", color: "#ef4444" },
-  { kind: "laptop", label: "Laptop", color: "#64748b" },
-  { kind: "phone", label: "Phone", color: "#ec4899" },
-  { kind: "database", label: "Database", color: "#f59e0b" },
-  { kind: "cloud", label: "Cloud", color: "#0ea5e9" },
-  { kind: "iot", label: "IoT sensor", color: "#10b981" },
-];
-const KIND = Object.fromEntries(KINDS.map((k) => [k.kind, k]));
-const LINK_TYPES = { ethernet: "Ethernet", fiber: "Fiber", wireless: "Wireless", vpn: "VPN" };
-const SWATCHES = ["#6d5dfc", "#3b82f6", "#0ea5e9", "#10b981", "#f59e0b", "#ef4444", "#ec4899", "#64748b"];
-const HALF = 32; // half a device card's side
-const MOVE_MS = 1000 / 15; // position updates while dragging
-const PRESENCE_MS = 1000 / 20; // presence updates
-const MIN_ZOOM = 0.25, MAX_ZOOM = 2.5;
-
-// ---- Small helpers -------------------------------------------------------------
-
-const SVG_NS = "http://www.w3.org/2000/svg";
-const $ = (sel) => document.querySelector(sel);
-
-/** Creates an element; `text` sets textContent, `on…` adds listeners, other keys are attributes. */
-function el(ns, tag, attrs = {}, parent) {
-  const e = ns ? document.createElementNS(ns, tag) : document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v == null || v === false) continue;
-    if (k === "text") e.textContent = v;
-    else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
-    else e.setAttribute(k, v === true ? "" : String(v));
-  }
-  if (parent) parent.append(e);
-  return e;
-}
-const h = (tag, attrs, parent) => el(null, tag, attrs, parent);
-const s = (tag, attrs, parent) => el(SVG_NS, tag, attrs, parent);
-function icon(name, cls = "icon") {
-  const svg = s("svg", { class: cls, "aria-hidden": "true" });
-  s("use", { href: `#i-${name}` }, svg);
-  return svg;
-}
-const setText = (e, t) => { if (e.textContent !== t) e.textContent = t; };
-const has = (obj, k) => typeof k === "string" && Object.hasOwn(obj, k);
-const plural = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
-
-/** Trailing throttle: runs `fn` at most every `ms`, always with the latest arguments. */
-function throttle(fn, ms) {
-  let last = 0, timer = null, args = null;
-  const run = () => { timer = null; last = performance.now(); const a = args; args = null; fn(...a); };
-  const t = (...a) => {
-    args = a;
-    if (timer) return;
-    const wait = last + ms - performance.now();
-    if (wait <= 0) run(); else timer = setTimeout(run, wait);
-  };
-  t.cancel = () => { clearTimeout(timer); timer = null; args = null; };
-  return t;
-}
-
-function newId() {
-  const bytes = crypto.getRandomValues(new Uint8Array(6));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-/** A stored device as the UI may use it, or null when the value is not a device. */
-function cleanNode(v) {
-  if (!v || typeof v !== "object" || Array.isArray(v)) return null;
-  const kind = has(KIND, v.kind) ? v.kind : "server";
-  return {
-    kind,
-    name: typeof v.name === "string" ? v.name.slice(0, 80) : KIND[kind].label,
-    x: Number.isFinite(v.x) ? v.x : 0,
-    y: Number.isFinite(v.y) ? v.y : 0,
-    color: typeof v.color === "string" && /^#[0-9a-f]{6}$/i.test(v.color) ? v.color : KIND[kind].color,
-  };
-}
-function cleanLink(v) {
-  if (!v || typeof v !== "object" || typeof v.from !== "string" || typeof v.to !== "string") return null;
-  return { from: v.from, to: v.to, type: has(LINK_TYPES, v.type) ? v.type : "ethernet" };
-}
-/** A peer's display name (any string a peer published, shortened). */
-const peerName = (p) => (typeof p.state?.name === "string" && p.state.name.trim() ? p.state.name.trim().slice(0, 40) : "Anonymous");
-const initials = (name) => name.split(/\s+/).filter(Boolean).slice(0, 2).map((w) => [...w][0].toUpperCase()).join("") || "?";
-const shorten = (t, n = 28) => ([...t].length > n ? [...t].slice(0, n - 1).join("") + "…" : t);
+import {
+  KINDS, KIND, LINK_TYPES, HALF, MOVE_MS, PRESENCE_MS, MIN_ZOOM, MAX_ZOOM,
+  $, h, s, icon, setText, plural, throttle, newId, cleanNode, cleanLink, peerName, initials, shorten,
+} from "./topology-shared.js";
+import { renderInspector, linkTypePicker } from "./topology-inspector.js";
 
 // ---- Connection and identity ---------------------------------------------------
 
@@ -116,7 +36,7 @@ localStorage.setItem(NAME_KEY, me.name);
 
 // ---- UI state ------------------------------------------------------------------
 
-const ui = {
+export const ui = {
   selection: null, // "node/<id>" | "link/<id>" | null
   tool: "select", // "select" | "link"
   linkType: "ethernet", // type of new links
@@ -125,7 +45,7 @@ const ui = {
   peers: [],
 };
 /** The validated diagram, rebuilt by each render. */
-let model = { nodes: new Map(), links: new Map() };
+export let model = { nodes: new Map(), links: new Map() };
 
 const svg = $(".canvas"), world = $(".world");
 const layers = { links: $(".links"), draft: $(".draft"), nodes: $(".nodes"), cursors: $(".cursors") };
@@ -133,7 +53,7 @@ const nodeEls = new Map(), linkEls = new Map(), cursorEls = new Map();
 
 const publishPresence = throttle(() => aether.presence({ cursor: me.cursor, name: me.name, selection: ui.selection }), PRESENCE_MS);
 
-function select(key) {
+export function select(key) {
   if (ui.selection === key) return;
   ui.selection = key;
   publishPresence();
@@ -301,139 +221,13 @@ function renderAvatars() {
   if (ui.peers.length > shown.length) h("span", { class: "avatar more", text: `+${ui.peers.length - shown.length}` }, box);
 }
 
-// ---- Inspector -----------------------------------------------------------------
-
-const inspector = $(".inspector");
-const insp = { key: undefined, update: () => {} };
-
-function renderInspector() {
-  const key = ui.selection ?? "";
-  if (key !== insp.key) {
-    insp.key = key;
-    inspector.replaceChildren();
-    inspector.classList.toggle("is-empty", !key);
-    const id = key.slice(5);
-    insp.update = key.startsWith("node/") ? nodeInspector(id) : key.startsWith("link/") ? linkInspector(id) : emptyInspector();
-  }
-  insp.update();
-}
-
-function section(label) {
-  const f = h("div", { class: "field" }, inspector);
-  h("div", { class: "field-label", text: label }, f);
-  return f;
-}
-function inspectorHead(eyebrow) {
-  const head = h("div", { class: "insp-head" }, inspector);
-  const badge = h("span", { class: "insp-badge" }, head);
-  const titles = h("div", {}, head);
-  h("div", { class: "eyebrow", text: eyebrow }, titles);
-  return { badge, title: h("div", { class: "insp-title" }, titles) };
-}
-function deleteButton(label) {
-  const b = h("button", { type: "button", class: "btn danger", "data-testid": "delete", onclick: deleteSelection }, inspector);
-  b.append(icon("trash"), label);
-}
-/** Four buttons, one per link type, each with a preview of the line style. */
-function linkTypePicker(parent, onPick) {
-  const box = h("div", { class: "link-type-grid" }, parent);
-  const buttons = Object.entries(LINK_TYPES).map(([type, label]) => {
-    const b = h("button", { type: "button", class: "lt", "data-testid": "link-type", "data-type": type, onclick: () => onPick(type) }, box);
-    const pv = s("svg", { class: "lt-preview", viewBox: "0 0 44 12" }, b);
-    for (const cls of ["link-line", "link-core"]) s("line", { class: cls, x1: 3, y1: 6, x2: 41, y2: 6 }, pv);
-    h("span", { text: label }, b);
-    return b;
-  });
-  return (current) => buttons.forEach((b) => b.classList.toggle("active", b.dataset.type === current));
-}
-
-function nodeInspector(id) {
-  const { badge, title } = inspectorHead("Device");
-  const glyph = icon("server");
-  badge.append(glyph);
-  const name = h("input", { class: "input", "data-testid": "name-input", maxlength: 60, spellcheck: "false", autocomplete: "off", "aria-label": "Name" }, section("Name"));
-  name.addEventListener("input", () => patchNode(id, { name: name.value }));
-  name.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === "Escape") name.blur(); });
-  const swatchBox = h("div", { class: "swatches" }, section("Colour"));
-  const swatches = SWATCHES.map((c) => {
-    const b = h("button", { type: "button", class: "swatch", "data-testid": "swatch", "data-color": c, "aria-label": `Colour ${c}`, onclick: () => patchNode(id, { color: c }) }, swatchBox);
-    b.style.setProperty("--c", c);
-    return b;
-  });
-  const pos = h("div", { class: "field-value mono" }, section("Position"));
-  const connField = section("Connections"), conns = h("div", { class: "conns" }, connField);
-  deleteButton("Delete device");
-  return () => {
-    const n = model.nodes.get(id);
-    if (!n) return;
-    badge.style.setProperty("--c", n.color);
-    glyph.firstChild.setAttribute("href", `#i-${n.kind}`);
-    setText(title, KIND[n.kind].label);
-    if (document.activeElement !== name && name.value !== n.name) name.value = n.name;
-    swatches.forEach((b) => b.classList.toggle("active", b.dataset.color.toLowerCase() === n.color.toLowerCase()));
-    setText(pos, `x ${Math.round(n.x)}   y ${Math.round(n.y)}`);
-    // The device's links, each naming the device at the other end; click one to select it.
-    const mine = [...model.links].filter(([, l]) => l.from === id || l.to === id);
-    const sig = mine.map(([lid, l]) => `${lid}:${l.type}:${model.nodes.get(l.from === id ? l.to : l.from).name}`).join("|");
-    if (conns.dataset.sig === sig) return;
-    conns.dataset.sig = sig;
-    conns.replaceChildren(...mine.map(([lid, l]) => {
-      const b = h("button", { type: "button", class: "conn", "data-type": l.type, onclick: () => select(`link/${lid}`) });
-      const pv = s("svg", { class: "lt-preview small", viewBox: "0 0 28 12" }, b);
-      for (const cls of ["link-line", "link-core"]) s("line", { class: cls, x1: 2, y1: 6, x2: 26, y2: 6 }, pv);
-      h("span", { class: "conn-name", text: shorten(model.nodes.get(l.from === id ? l.to : l.from).name || "Untitled", 24) }, b);
-      h("span", { class: "conn-type", text: LINK_TYPES[l.type] }, b);
-      return b;
-    }));
-    if (!mine.length) h("div", { class: "muted", text: "Not connected yet: drag from the + handle." }, conns);
-  };
-}
-
-function linkInspector(id) {
-  const { badge, title } = inspectorHead("Link");
-  badge.append(icon("link"));
-  const ends = h("div", { class: "ends" }, section("Connects"));
-  const end = () => { const e = h("div", { class: "end" }, ends); const g = icon("server"); e.append(g); return { g, name: h("span", { class: "end-name" }, e), e }; };
-  const a = end(), b = end();
-  const setType = linkTypePicker(section("Type"), (type) => patchLink(id, { type }));
-  deleteButton("Delete link");
-  return () => {
-    const l = model.links.get(id);
-    if (!l) return;
-    badge.style.setProperty("--c", "#6d5dfc");
-    setText(title, `${LINK_TYPES[l.type]} link`);
-    for (const [end, nid] of [[a, l.from], [b, l.to]]) {
-      const n = model.nodes.get(nid);
-      end.g.firstChild.setAttribute("href", `#i-${n.kind}`);
-      end.e.style.setProperty("--c", n.color);
-      setText(end.name, n.name || "Untitled");
-    }
-    setType(l.type);
-  };
-}
-
-function emptyInspector() {
-  const box = h("div", { class: "insp-empty" }, inspector);
-  h("div", { class: "insp-empty-icon" }, box).append(icon("pointer"));
-  h("h3", { text: "Nothing selected" }, box);
-  h("p", { text: "Select a device or link to rename, recolour or delete it." }, box);
-  const keys = h("div", { class: "shortcuts" }, inspector);
-  h("div", { class: "field-label", text: "Shortcuts" }, keys);
-  for (const [k, what] of [["V", "Select and move"], ["L", "Connect devices"], ["Del", "Delete selection"], ["Esc", "Clear selection"], ["Drag", "Pan the canvas"], ["Ctrl + scroll", "Zoom"]]) {
-    const row = h("div", { class: "shortcut" }, keys);
-    h("span", { text: what }, row);
-    h("kbd", { text: k }, row);
-  }
-  return () => {};
-}
-
 // ---- Edits ---------------------------------------------------------------------
 
-function patchNode(id, patch) {
+export function patchNode(id, patch) {
   const n = cleanNode(aether.get(`node/${id}`));
   if (n) aether.set(`node/${id}`, { ...n, ...patch });
 }
-function patchLink(id, patch) {
+export function patchLink(id, patch) {
   const l = cleanLink(aether.get(`link/${id}`));
   if (l) aether.set(`link/${id}`, { ...l, ...patch });
 }
@@ -456,7 +250,7 @@ function createLink(from, to) {
 }
 
 /** Deletes the selection; a device goes together with its links, in one write. */
-function deleteSelection() {
+export function deleteSelection() {
   const key = ui.selection;
   if (!key) return;
   if (key.startsWith("node/")) {
