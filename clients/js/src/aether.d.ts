@@ -78,7 +78,9 @@ export interface AetherError {
    * A relay error code (`docs/protocol.md`), or the client's own: `overflow` (its
    * queue bound), `connect` / `connection` (a socket could not open, or was dropped
    * as broken), `endpoints` (the endpoint list could not be fetched), `storage`
-   * (persisting failed, e.g. over quota). Errors that name `keys` undid those writes.
+   * (persisting failed, e.g. over quota), `actor` (continuing under a new actor id: another
+   * tab held this one, or the clock was ahead of the relay's and unsent writes were re-stamped).
+   * Errors that name `keys` undid those writes.
    */
   code: string;
   message: string;
@@ -116,12 +118,20 @@ export class Aether {
   /** Live entries, sorted by key, optionally only those whose key starts with `prefix`. */
   entries(prefix?: string): Array<[string, Json]>;
 
-  /** Sets a key locally at once; the write is sent when online and kept until acknowledged. */
+  /**
+   * Sets a key locally at once; the write is sent when online and kept until acknowledged.
+   * Throws `RangeError` for a key or value over the relay's limits (`maxKeyBytes`,
+   * `maxValueBytes` of JSON text, UTF-8) or a key that is not well-formed text; nothing applies then.
+   */
   set(key: string, value: Json): void;
   delete(key: string): void;
   /** Several sets (and deletes, as `undefined`) applied and sent as one write. */
   update(changes: { [key: string]: Json | undefined }): void;
-  /** Resolves once every write made so far is acknowledged (durable at the relay's quorum). */
+  /**
+   * Resolves once nothing is pending: every write made so far acknowledged (durable at the
+   * relay's write quorum), superseded (`onSupersede`) or refused (`onError`). Rejects if the
+   * client is closed first.
+   */
   synced(): Promise<void>;
 
   on(key: string, listener: (value: Json | undefined, event: ChangeEvent) => void): Unsubscribe;

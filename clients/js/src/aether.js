@@ -30,10 +30,24 @@ const PRESENCE_EVERY_MS = 50;
 const SAVE_STATE_EVERY_MS = 250;
 /** Skews smaller than this are left alone: stamps stay on this machine's clock. */
 const SKEW_TOLERANCE_NS = 250n * MS;
+/** An attempt that neither fails nor reaches `online` within this is abandoned for the next relay. */
+const CONNECT_TIMEOUT_MS = 10_000;
+/** A connection up this long resets the backoff: one that keeps dropping at once does not. */
+const STABLE_MS = 10_000;
 /** Relay errors after which a write is retried rather than dropped. */
 const RETRY_CODES = new Set(["rate-limited", "overloaded", "unavailable", "write-failed"]);
 /** Relay errors after which another relay is tried. */
 const FAILOVER_CODES = new Set(["unavailable", "write-failed"]);
+/** Refusals of a `subscribe`: the connection is useless; retry later. */
+const SUBSCRIBE_CODES = new Set(["bad-space", "too-many-spaces", "auth-failed"]);
+/** Relay defaults, until a `welcome` says otherwise. */
+const DEFAULT_LIMITS = { maxOpsPerWrite: 256, maxFrameBytes: 262144, maxKeyBytes: 256, maxValueBytes: 32768 };
+
+const encoder = new TextEncoder();
+const utf8 = (s) => encoder.encode(s).length;
+/** UTF-8 is at most 3 bytes per UTF-16 unit: short texts need no encoding to be checked. */
+const fits = (s, max) => s.length * 3 <= max || utf8(s) <= max;
+const wellFormed = (s) => (typeof s.isWellFormed === "function" ? s.isWellFormed() : !/\p{Surrogate}/u.test(s));
 
 
 // ---------------------------------------------------------------- the client
@@ -51,7 +65,7 @@ export class Aether {
   /** Sent writes awaiting their ack: id → ops. */
   #inflight = new InFlight();
   /** Local ops not yet persisted nor told to other tabs (see `update`). */
-  #written = [];
+  #written = new Set();
   /** @type {Map<string, Entry>} */ #view = new Map();
   #nextId = 1n;
   #resume = null; // {epoch, seq}
@@ -60,7 +74,9 @@ export class Aether {
   #relay = null;
   #session = null;
   #color = null;
-  #limits = { maxOpsPerWrite: 256, maxFrameBytes: 262144 };
+  #limits = { ...DEFAULT_LIMITS };
+  #connectTimer = null;
+  #onlineAt = 0;
   #bucket = null;
   #endpoint = 0;
   #failures = 0;
@@ -73,11 +89,21 @@ export class Aether {
   #presenceTimer = null;
   #presenceSentAt = 0;
   #peers = new Map();
+  /** `peers` as an array whose identity changes only when they do (React's useSyncExternalStore). */
+  #peerList = [];
   #channel = null;
   #closed = false;
   #waiters = [];
   #listeners = { key: new Map(), any: new Set(), presence: new Set(), supersede: new Set(), status: new Set(), error: new Set() };
-  #onPageHide = () => this.#saveAll(true);
+  #onPageHide = () => {
+    this.#saveAll(true);
+    this.#post({ t: "gone", actor: this.actor }); // other tabs stop showing our unsent writes
+  };
+  /** Hidden tabs may be frozen or discarded without a pagehide: save now. */
+  #onVisibility = () => {
+    if (typeof document !== "undefined" && document.visibilityState === "hidden") this.#saveAll(false);
+    else if (!this.#closed) this.#store.renewLease();
+  };
   /** Back from the back-forward cache: take the actor's lease again. */
   #onPageShow = (e) => {
     if (e.persisted && !this.#closed) this.#store.renewLease();
@@ -85,6 +111,7 @@ export class Aether {
 
   constructor(relays, options) {
     if (!options || typeof options.space !== "string" || options.space === "") throw new TypeError("Aether: options.space is required");
+    if (!wellFormed(options.space) || utf8(options.space) > 1024) throw new TypeError("Aether: options.space must be well-formed text of at most 1024 bytes");
     const { urls, cloudUrl } = parseRelays(relays);
     this.#urls = urls;
     this.#cloudUrl = cloudUrl;
@@ -100,7 +127,7 @@ export class Aether {
     const prefix = `aether/v1/${this.space}`;
     const storage = options.storage === undefined ? defaultStorage() : options.storage;
     this.#store = new Persistence(storage, prefix, (message) => this.#emit("error", { code: "storage", message, keys: [] }));
-    this.#clock = new Clock(this.#store.claimActor());
+    this.#clock = new Clock(this.#store.claimActor(() => this.#switchActor(false, "another tab holds this actor")));
     this.actor = this.#clock.actor.toString();
     this.#load();
     if (this.#opts.broadcast && typeof BroadcastChannel !== "undefined") {
@@ -110,6 +137,7 @@ export class Aether {
     if (typeof addEventListener === "function") {
       addEventListener("pagehide", this.#onPageHide);
       addEventListener("pageshow", this.#onPageShow);
+      addEventListener("visibilitychange", this.#onVisibility);
     }
     this.#connect();
   }
@@ -123,7 +151,7 @@ export class Aether {
   get pending() {
     return this.#queued.size + this.#inflight.size;
   }
-  get peers() { return [...this.#peers.values()]; }
+  get peers() { return this.#peerList; }
 
   get(key) { return this.#view.get(key)?.v; }
   has(key) { return this.#view.get(key)?.v !== undefined; }
@@ -144,13 +172,23 @@ export class Aether {
 
   update(changes) {
     if (this.#closed) throw new Error("Aether: closed");
-    const ops = [];
+    // Everything is checked before anything applies: a relay would refuse the whole write.
+    const checked = [];
+    const maxKey = Number(this.#limits.maxKeyBytes) || DEFAULT_LIMITS.maxKeyBytes;
+    const maxValue = Number(this.#limits.maxValueBytes) || DEFAULT_LIMITS.maxValueBytes;
     for (const [key, value] of Object.entries(changes)) {
-      if (typeof key !== "string" || key === "") throw new TypeError("Aether: keys are non-empty strings");
+      if (key === "" || !wellFormed(key) || !fits(key, maxKey)) throw new RangeError(`Aether: a key is 1 to ${maxKey} bytes of well-formed text: ${JSON.stringify(key.slice(0, 40))}`);
+      if (value === undefined) {
+        checked.push([key, undefined]);
+        continue;
+      }
       // Round-trip through JSON: what is stored is exactly what others will see.
-      const v = value === undefined ? undefined : JSON.parse(JSON.stringify(value));
-      ops.push({ key, v, s: this.#clock.now() });
+      const text = JSON.stringify(value);
+      if (text === undefined) throw new TypeError(`Aether: the value of ${key} is not JSON`);
+      if (!fits(text, maxValue)) throw new RangeError(`Aether: the value of ${key} is over ${maxValue} bytes of JSON`);
+      checked.push([key, JSON.parse(text)]);
     }
+    const ops = checked.map(([key, v]) => ({ key, v, s: this.#clock.now() }));
     if (ops.length === 0) return;
     for (const op of ops) {
       this.#queued.delete(op.key); // keeps insertion order = write order
@@ -160,21 +198,29 @@ export class Aether {
     this.#bound();
     // Persisted and told to other tabs once per burst of writes, at the end of the current
     // task: no reload can come between a write and its save.
-    if (this.#written.length === 0) queueMicrotask(() => this.#afterWrites());
-    for (const o of ops) this.#written.push([o.key, o.v === undefined ? null : JSON.stringify(o.v), toWire(o.s)]);
+    if (this.#written.size === 0) queueMicrotask(() => this.#afterWrites());
+    for (const o of ops) this.#written.add(o);
     this.#scheduleFlush(0);
   }
 
   #afterWrites() {
-    const ops = this.#written;
-    this.#written = [];
+    const ops = [...this.#written].map((o) => [o.key, o.v === undefined ? null : JSON.stringify(o.v), toWire(o.s)]);
+    this.#written.clear();
     this.#saveOutbox();
-    this.#post({ t: "ops", ops });
+    if (ops.length > 0) this.#post({ t: "ops", ops });
   }
 
   synced() {
+    if (this.#closed) return Promise.reject(new Error("Aether: closed"));
     if (this.pending === 0) return Promise.resolve();
-    return new Promise((resolve) => this.#waiters.push(resolve));
+    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+  }
+
+  #checkSynced() {
+    if (this.pending > 0 || this.#waiters.length === 0) return;
+    const ws = this.#waiters;
+    this.#waiters = [];
+    for (const w of ws) w.resolve();
   }
 
   presence(state) {
@@ -203,10 +249,13 @@ export class Aether {
   close() {
     if (this.#closed) return;
     this.#closed = true;
-    for (const t of [this.#reconnectTimer, this.#flushTimer, this.#pingTimer, this.#pongTimer, this.#presenceTimer, this.#saveTimer]) clearTimeout(t);
+    for (const t of [this.#reconnectTimer, this.#flushTimer, this.#pingTimer, this.#pongTimer, this.#presenceTimer, this.#saveTimer, this.#connectTimer]) clearTimeout(t);
+    this.#presenceTimer = null;
+    for (const w of this.#waiters.splice(0)) w.reject(new Error("Aether: closed"));
     if (typeof removeEventListener === "function") {
       removeEventListener("pagehide", this.#onPageHide);
       removeEventListener("pageshow", this.#onPageShow);
+      removeEventListener("visibilitychange", this.#onVisibility);
     }
     this.#saveAll(false);
     this.#store.release({ stop: true });
@@ -214,7 +263,7 @@ export class Aether {
     const ws = this.#ws;
     this.#ws = null;
     if (ws) ws.close(1000, "closed");
-    this.#peers.clear();
+    this.#setPeers(() => this.#peers.clear());
     this.#setStatus("offline");
   }
 
@@ -242,7 +291,8 @@ export class Aether {
     best = newer(best, this.#inflight.newest(key));
     const before = this.#view.get(key);
     if (best === before || (best && before && cmp(best.s, before.s) === 0)) return;
-    this.#view.set(key, best);
+    if (best) this.#view.set(key, best);
+    else this.#view.delete(key);
     const event = { key, value: best?.v, previous: before?.v, origin };
     const ls = this.#listeners.key.get(key);
     if (ls) for (const l of [...ls]) {
@@ -288,6 +338,14 @@ export class Aether {
         this.#tab.set(key, newer(this.#tab.get(key), entry));
         this.#show(key, "tab");
       }
+    } else if (msg.t === "gone" && typeof msg.actor === "string" && /^\d+$/.test(msg.actor)) {
+      // That tab went; its unsent writes wait in storage for it (or a new tab) to send.
+      const actor = BigInt(msg.actor);
+      for (const [key, e] of [...this.#tab]) {
+        if (e.s.a !== actor) continue;
+        this.#tab.delete(key);
+        this.#show(key, "rejected");
+      }
     } else if (msg.t === "undo" && Array.isArray(msg.keys)) {
       // Another tab's write was refused: forget what it told us.
       for (const [key, stamp] of msg.keys) {
@@ -311,6 +369,8 @@ export class Aether {
   async #connect() {
     if (this.#closed) return;
     this.#setStatus("connecting");
+    await this.#store.ready; // never send as an actor another live tab holds
+    if (this.#closed || this.#ws) return;
     if (this.#urls.length === 0 || (this.#cloudUrl && this.#endpoint === 0 && this.#failures > 0)) {
       if (!(await this.#fetchEndpoints())) return this.#retry();
     }
@@ -321,9 +381,14 @@ export class Aether {
       ws = new WebSocket(url, PROTOCOL);
     } catch (e) {
       this.#emit("error", { code: "connect", message: String(e), keys: [] });
+      this.#endpoint = (this.#endpoint + 1) % this.#urls.length;
       return this.#retry();
     }
     this.#ws = ws;
+    clearTimeout(this.#connectTimer);
+    this.#connectTimer = setTimeout(() => {
+      if (this.#status !== "online") this.#drop(ws, `no welcome and catchup within ${CONNECT_TIMEOUT_MS} ms`);
+    }, CONNECT_TIMEOUT_MS);
     let helloAt = 0;
     ws.onopen = () => {
       helloAt = Date.now();
@@ -351,7 +416,8 @@ export class Aether {
 
   async #fetchEndpoints() {
     try {
-      const res = await fetch(this.#cloudUrl, { cache: "no-store" });
+      const signal = typeof AbortSignal !== "undefined" && AbortSignal.timeout ? AbortSignal.timeout(CONNECT_TIMEOUT_MS) : undefined;
+      const res = await fetch(this.#cloudUrl, { cache: "no-store", signal });
       if (!res.ok) throw new Error(`${res.status}`);
       const doc = await res.json();
       const { urls } = parseRelays(doc);
@@ -378,7 +444,9 @@ export class Aether {
 
   #disconnected() {
     const wasOnline = this.#status === "online";
+    const stable = wasOnline && Date.now() - this.#onlineAt >= STABLE_MS;
     this.#ws = null;
+    clearTimeout(this.#connectTimer);
     this.#relay = null;
     this.#session = null;
     this.#color = null;
@@ -386,6 +454,7 @@ export class Aether {
     clearTimeout(this.#pongTimer);
     clearTimeout(this.#flushTimer);
     clearTimeout(this.#presenceTimer);
+    this.#presenceTimer = null;
     // Unacknowledged writes go back to the queue (a newer queued op for the same key wins);
     // resending them is harmless: stamps make them idempotent.
     const back = this.#inflight.clear();
@@ -395,13 +464,13 @@ export class Aether {
       if (!had || cmp(op.s, had.s) > 0) requeued.set(op.key, op);
     }
     this.#queued = requeued;
-    if (this.#peers.size > 0) {
-      this.#peers.clear(); // no ghosts: the next relay sends who is there
-      this.#emit("presence", []);
-    }
+    this.#checkSynced();
+    this.#setPeers(() => this.#peers.clear()); // no ghosts: the next relay sends who is there
     if (this.#closed) return;
-    this.#endpoint = (this.#endpoint + 1) % Math.max(1, this.#urls.length);
-    if (wasOnline) this.#failures = 0;
+    // A connection that was live is tried once more (the nearest relay comes first in the
+    // list); one that never got there, or just did, gives way to the next relay.
+    if (!wasOnline || this.#failures > 0) this.#endpoint = (this.#endpoint + 1) % Math.max(1, this.#urls.length);
+    if (stable) this.#failures = 0;
     this.#retry();
   }
 
@@ -434,12 +503,17 @@ export class Aether {
         this.#limits = { ...this.#limits, ...(f.limits ?? {}) };
         const rate = Number(f.limits?.opsPerSec ?? 0);
         const burst = Number(f.limits?.burst ?? 0);
-        this.#bucket = rate > 0 && burst > 0 ? { rate, burst, tokens: burst, at: Date.now() } : null;
+        // The relay charged the hello and the subscribe already.
+        this.#bucket = rate > 0 && burst > 0 ? { rate, burst, tokens: Math.max(0, burst - 2), at: Date.now() } : null;
         // Follow the relay's clock when ours is off, so our writes neither lose unfairly nor get refused.
         const now = BigInt(Date.now());
         const relayNs = BigInt(f.nowNs ?? "0") + (now - BigInt(helloAt)) * MS / 2n;
         const skew = relayNs - now * MS;
         this.#clock.offsetNs = skew > SKEW_TOLERANCE_NS || skew < -SKEW_TOLERANCE_NS ? skew : 0n;
+        // Stamps made on a clock far ahead (before this welcome, or restored) would be refused
+        // as future-stamp: continue as a new actor on the corrected clock, re-stamping them.
+        const maxSkew = BigInt(f.maxSkewNs ?? "60000000000");
+        if (this.#clock.last.w > relayNs + maxSkew) return this.#switchActor(true, "the clock was ahead of the relay's");
         const sub = { space: this.space, presence: true };
         if (this.#resume) Object.assign(sub, { epoch: this.#resume.epoch, seq: this.#resume.seq });
         this.#send({ subscribe: sub });
@@ -450,9 +524,10 @@ export class Aether {
         if (f.space !== this.space) break;
         for (const op of f.ops ?? []) this.#applyRemote(op);
         if (f.done) {
-          this.#resume = { epoch: f.epoch, seq: f.seq ?? "0" };
+          this.#resume = typeof f.epoch === "string" && f.epoch !== "" ? { epoch: f.epoch, seq: f.seq ?? "0" } : null;
           this.#scheduleSave();
-          this.#failures = 0;
+          clearTimeout(this.#connectTimer);
+          this.#onlineAt = Date.now();
           this.#setStatus("online");
           this.#presenceSentAt = 0;
           if (this.#presenceState) this.#schedulePresence();
@@ -487,6 +562,7 @@ export class Aether {
           winner: { value: winner.v, stamp: toWire(winner.s) },
         });
         this.#saveOutbox();
+        this.#checkSynced();
         break;
       }
       case "error":
@@ -495,10 +571,11 @@ export class Aether {
       case "presence": {
         if (f.space !== this.space || !f.session) break;
         const state = f.state;
-        if (state && typeof state === "object" && Object.keys(state).length > 0) {
-          this.#peers.set(f.session, { session: f.session, color: f.color ?? "#888", state });
-        } else if (!this.#peers.delete(f.session)) break;
-        this.#emit("presence", this.peers);
+        if (state && typeof state === "object" && !Array.isArray(state) && Object.keys(state).length > 0) {
+          this.#setPeers(() => this.#peers.set(f.session, { session: f.session, color: typeof f.color === "string" ? f.color : "#888", state }));
+        } else if (this.#peers.has(f.session)) {
+          this.#setPeers(() => this.#peers.delete(f.session));
+        }
         break;
       }
       case "pong":
@@ -507,6 +584,15 @@ export class Aether {
       default:
         break; // a newer relay's frame: ignore
     }
+  }
+
+  /** Changes the peers and announces the new list (once per change, a new array). */
+  #setPeers(change) {
+    const before = this.#peers.size;
+    change();
+    if (before === 0 && this.#peers.size === 0) return;
+    this.#peerList = [...this.#peers.values()];
+    this.#emit("presence", this.#peerList);
   }
 
   #applyRemote(op) {
@@ -522,8 +608,14 @@ export class Aether {
       if (code === "quorum-timeout") {
         // Durable at this relay; it replicates on its own.
         for (const op of ops) this.#confirm(op.key, { v: op.v, s: op.s }, "local");
-      } else if (RETRY_CODES.has(code)) {
-        for (const op of ops) if (!this.#queued.has(op.key)) this.#queued.set(op.key, op);
+      } else if (RETRY_CODES.has(code) || code === "future-stamp") {
+        // Back to the queue, unless a newer write of the key is queued or in flight.
+        for (const op of ops) {
+          const q = this.#queued.get(op.key);
+          const f2 = this.#inflight.newest(op.key);
+          if ((!q || cmp(op.s, q.s) > 0) && (!f2 || cmp(op.s, f2.s) > 0)) this.#queued.set(op.key, op);
+        }
+        if (code === "future-stamp") return this.#switchActor(true, `${code}: ${message}`);
         if (FAILOVER_CODES.has(code) && this.#urls.length > 1) return this.#drop(ws, `${code}: ${message}`);
         this.#scheduleFlush(500 + Math.random() * 500);
       } else {
@@ -536,16 +628,13 @@ export class Aether {
       return;
     }
     this.#emit("error", { code, message, keys: [] });
-    if (f.fatal) this.#drop(ws, `${code}: ${message}`);
+    if (f.fatal && code === "bad-frame") this.#resume = null; // perhaps our resume point: start afresh
+    if (f.fatal || (SUBSCRIBE_CODES.has(code) && this.#status !== "online")) this.#drop(ws, `${code}: ${message}`);
   }
 
   #afterSettle() {
     this.#saveOutbox();
-    if (this.pending === 0) {
-      const ws = this.#waiters;
-      this.#waiters = [];
-      for (const w of ws) w();
-    }
+    this.#checkSynced();
   }
 
   // ------------------------------------------------------------ sending
@@ -566,7 +655,7 @@ export class Aether {
       let bytes = 0;
       for (const op of this.#queued.values()) {
         const w = op.v === undefined ? { key: op.key, delete: true, stamp: toWire(op.s) } : { key: op.key, value: op.v, stamp: toWire(op.s) };
-        const size = JSON.stringify(w).length + 1;
+        const size = utf8(JSON.stringify(w)) + 1;
         if (batch.length > 0 && (batch.length >= maxOps || bytes + size > maxBytes)) break;
         batch.push(op);
         wire.push(w);
@@ -603,7 +692,11 @@ export class Aether {
     this.#presenceTimer = setTimeout(() => {
       this.#presenceTimer = null;
       if (this.#status !== "online") return;
-      if (this.#take(1) > 0) return this.#schedulePresence();
+      const wait = this.#take(1);
+      if (wait > 0) {
+        this.#presenceSentAt = Date.now() + wait - PRESENCE_EVERY_MS;
+        return this.#schedulePresence();
+      }
       this.#presenceSentAt = Date.now();
       this.#send({ presence: this.#presenceState ? { space: this.space, state: this.#presenceState } : { space: this.space } });
     }, wait);
@@ -627,9 +720,43 @@ export class Aether {
       const [key, op] = this.#queued.entries().next().value;
       this.#queued.delete(key);
       this.#show(key, "rejected");
-      this.#post({ t: "undo", keys: [[key, toWire(op.s)]] });
+      // Not yet told to other tabs: nothing to undo there.
+      if (!this.#written.delete(op)) this.#post({ t: "undo", keys: [[key, toWire(op.s)]] });
       this.#emit("error", { code: "overflow", message: `more than ${this.#opts.maxPendingOps} unsent ops`, keys: [key] });
     }
+    this.#checkSynced();
+  }
+
+  /**
+   * Continues as a new actor. `keep`: this client's unacknowledged ops are
+   * re-stamped as the new actor's (they were refused as ahead of the relay's
+   * clock, so they never applied anywhere; lowering stamps under the old actor
+   * could repeat one). Otherwise the old actor is another live tab's: its ops
+   * loaded here are that tab's to send, and stay visible as the tab's.
+   */
+  #switchActor(keep, why) {
+    if (this.#closed) return;
+    const old = this.actor;
+    const newest = new Map();
+    for (const op of [...this.#inflight.clear(), ...this.#queued.values()]) {
+      const had = newest.get(op.key);
+      if (!had || cmp(op.s, had.s) > 0) newest.set(op.key, op);
+    }
+    this.#queued = new Map();
+    const clock = new Clock(this.#store.claimNew(keep));
+    clock.offsetNs = this.#clock.offsetNs;
+    this.#clock = clock;
+    this.actor = clock.actor.toString();
+    for (const op of newest.values()) {
+      if (keep) this.#queued.set(op.key, { key: op.key, v: op.v, s: clock.now() });
+      else this.#tab.set(op.key, newer(this.#tab.get(op.key), { v: op.v, s: op.s }));
+      this.#show(op.key, keep ? "local" : "tab");
+    }
+    if (keep) this.#store.dropOutbox(old);
+    this.#saveOutbox();
+    this.#emit("error", { code: "actor", message: `continuing as a new actor: ${why}`, keys: [] });
+    const ws = this.#ws;
+    if (ws) this.#drop(ws, why); // reconnect: the hello names the actor
   }
 
   // ------------------------------------------------------------ persistence (persist.js)
@@ -642,8 +769,9 @@ export class Aether {
       this.#clock.observe(entry.s);
     }
     this.#resume = resume;
-    const { last, ops } = this.#store.loadOutbox(this.#clock.actor);
+    const { last, offsetNs, ops } = this.#store.loadOutbox(this.#clock.actor);
     if (last) this.#clock.observe(last);
+    this.#clock.offsetNs = offsetNs;
     for (const op of ops) {
       const had = this.#queued.get(op.key);
       if (!had || cmp(op.s, had.s) > 0) this.#queued.set(op.key, op);
@@ -654,7 +782,7 @@ export class Aether {
   #saveOutbox() {
     if (!this.#store.enabled) return;
     const ops = [...this.#queued.values(), ...this.#inflight.all()];
-    this.#store.saveOutbox(this.actor, this.#clock.last, ops);
+    this.#store.saveOutbox(this.actor, this.#clock, ops);
   }
 
   #scheduleSave() {

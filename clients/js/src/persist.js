@@ -2,23 +2,29 @@
 // synchronous string store (localStorage by default), under `aether/v1/<space>/`:
 //
 //   state            confirmed entries and the resume point (saved lazily)
-//   outbox/<actor>   an actor's unacknowledged ops and clock (saved on every write)
-//   actors           actor → lease expiry: which tab uses which actor id
+//   outbox/<actor>   an actor's unacknowledged ops, clock and clock offset (saved with every write)
+//   actors           actor → lease {u: expiry ms, o: owner}: which tab uses which actor id
 //
 // An actor id must never be used by two tabs at once (their stamps could tie),
 // and a reloaded tab must get its own back (its unsent writes carry it: relays
-// refuse ops stamped by another actor). A tab holds a lease on its actor,
-// renewed every few seconds and released when the page goes; sessionStorage
-// remembers which one was this tab's. A tab that finds its actor leased by a
-// live tab (a duplicated tab) takes an unleased one, preferring one with
-// writes left behind by a closed tab, or a new one. Released actors stay
-// listed, so the list is as long as the most tabs ever open at once.
+// refuse ops stamped by another actor). Where the Web Locks API exists (secure
+// contexts), a tab holds an exclusive lock per actor for its life: the browser
+// frees it when the tab closes or crashes, so a reloaded or crashed tab's
+// actor is free at once and a live one's never is. The lease in localStorage
+// (renewed every few seconds, released when the page goes, checked for its
+// owner) picks candidates without waiting and guards contexts without locks.
+// sessionStorage remembers which actor was this tab's. A tab whose actor turns
+// out to be held by another live tab (a duplicated tab) continues as a new one
+// (`onTaken`). Released actors stay listed, so the list is as long as the
+// most tabs ever open at once, and a new tab adopts a closed one's writes.
 
 import { randomActor } from "./hlc.js";
 
 /** How long a tab's claim on an actor id lasts without renewal. */
 const LEASE_MS = 10_000;
 const LEASE_RENEW_MS = 3_000;
+const U64 = 1n << 64n;
+const TOP_BIT = 1n << 63n;
 
 export function defaultStorage() {
   try {
@@ -36,14 +42,36 @@ function session() {
   }
 }
 
-const isActor = (a) => typeof a === "string" && /^\d{1,20}$/.test(a);
+function webLocks() {
+  try {
+    return typeof navigator !== "undefined" && navigator.locks ? navigator.locks : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A client actor as stored: decimal, top bit set, within u64. */
+function isActor(a) {
+  if (typeof a !== "string" || !/^\d{19,20}$/.test(a)) return false;
+  const n = BigInt(a);
+  return n >= TOP_BIT && n < U64;
+}
+
+const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+const leaseUntil = (l) => (typeof l === "number" ? l : isObject(l) ? Number(l.u) || 0 : 0);
 
 export class Persistence {
   #storage;
   #prefix;
   #onError;
+  #onTaken = null;
   #leaseTimer = null;
   #actor = null;
+  #owner = Math.random().toString(36).slice(2);
+  #locked = false;
+  #unlock = null;
+  /** Settles once the actor's lock is known to be held (or cannot be had, or locks are missing). */
+  ready = Promise.resolve();
 
   /** `storage` may be null (nothing persists); `onError(message)` hears of failed saves. */
   constructor(storage, prefix, onError) {
@@ -73,49 +101,109 @@ export class Persistence {
     }
   }
 
-  /** This tab's actor (a BigInt), leased until `release()`. */
-  claimActor() {
+  #leases() {
+    const l = this.#read(`${this.#prefix}/actors`);
+    return isObject(l) ? l : {};
+  }
+
+  /**
+   * This tab's actor (a BigInt). `onTaken()` is called if another live tab
+   * turns out to hold it; the caller then continues with `claimNew()`.
+   */
+  claimActor(onTaken) {
+    this.#onTaken = onTaken;
     if (!this.#storage) return randomActor();
-    const key = `${this.#prefix}/actors`;
-    const leases = this.#read(key) ?? {};
+    const leases = this.#leases();
     const now = Date.now();
-    const free = (a) => !(Number(leases[a]) > now);
+    const free = (a) => !(leaseUntil(leases[a]) > now);
+    const locks = webLocks() !== null;
     let actor = null;
-    const mine = session()?.getItem(key) ?? null;
-    if (isActor(mine) && free(mine)) actor = mine;
+    const mine = session()?.getItem(`${this.#prefix}/actors`) ?? null;
+    // With locks, this tab's own actor is worth trying even under a live lease: a crashed
+    // tab's lease outlives it, its lock does not.
+    if (isActor(mine) && (locks || free(mine))) actor = mine;
     if (!actor) {
       const candidates = Object.keys(leases).filter((a) => isActor(a) && free(a));
-      actor = candidates.find((a) => (this.#read(`${this.#prefix}/outbox/${a}`)?.ops ?? []).length > 0) ?? candidates[0] ?? null;
+      actor = candidates.find((a) => this.loadOutbox(BigInt(a)).ops.length > 0) ?? candidates[0] ?? null;
     }
     const id = actor ? BigInt(actor) : randomActor();
-    this.#actor = id.toString();
-    this.renewLease();
-    clearInterval(this.#leaseTimer);
-    this.#leaseTimer = setInterval(() => this.renewLease(), LEASE_RENEW_MS);
-    try {
-      session()?.setItem(key, this.#actor);
-    } catch {
-      // no sessionStorage: a reload takes any free actor, which is still safe
-    }
+    this.#hold(id);
     return id;
   }
 
-  renewLease() {
-    if (!this.#storage || !this.#actor) return;
-    const key = `${this.#prefix}/actors`;
-    const leases = this.#read(key) ?? {};
-    leases[this.#actor] = Date.now() + LEASE_MS;
-    this.#write(key, leases);
+  /** A fresh actor for this tab; `releaseOld` frees the previous one (else it is another tab's). */
+  claimNew(releaseOld) {
+    if (releaseOld) this.release();
+    this.#unlock?.();
+    const id = randomActor();
+    if (this.#storage) this.#hold(id);
+    return id;
   }
 
-  /** Frees the actor (listed, for a reload or a new tab to take with any unsent writes). */
-  release({ stop = false } = {}) {
-    if (stop) clearInterval(this.#leaseTimer);
+  #hold(id) {
+    this.#actor = id.toString();
+    this.#locked = false;
+    this.#writeLease();
+    clearInterval(this.#leaseTimer);
+    this.#leaseTimer = setInterval(() => this.renewLease(), LEASE_RENEW_MS);
+    try {
+      session()?.setItem(`${this.#prefix}/actors`, this.#actor);
+    } catch {
+      // no sessionStorage: a reload takes any free actor, which is still safe
+    }
+    this.ready = this.#lock(this.#actor);
+  }
+
+  #lock(actor) {
+    const locks = webLocks();
+    if (!locks) return Promise.resolve();
+    return new Promise((settled) => {
+      locks
+        .request(`${this.#prefix}/actor/${actor}`, { ifAvailable: true }, (lock) => {
+          settled();
+          if (this.#actor !== actor) return undefined;
+          if (!lock) {
+            this.#onTaken?.();
+            return undefined;
+          }
+          this.#locked = true;
+          return new Promise((release) => { this.#unlock = release; });
+        })
+        .catch(() => settled());
+    });
+  }
+
+  #writeLease() {
+    const leases = this.#leases();
+    leases[this.#actor] = { u: Date.now() + LEASE_MS, o: this.#owner };
+    this.#write(`${this.#prefix}/actors`, leases);
+  }
+
+  /** Renews the lease, unless another tab took the actor meanwhile (a throttled or frozen tab's lease expires). */
+  renewLease() {
     if (!this.#storage || !this.#actor) return;
-    const key = `${this.#prefix}/actors`;
-    const leases = this.#read(key) ?? {};
-    leases[this.#actor] = 0;
-    this.#write(key, leases);
+    const held = this.#leases()[this.#actor];
+    if (!this.#locked && isObject(held) && held.o !== this.#owner && leaseUntil(held) > Date.now()) {
+      this.#onTaken?.();
+      return;
+    }
+    this.#writeLease();
+  }
+
+  /** Frees the actor (listed, for a reload or a new tab to take with any unsent writes); `stop` also ends renewals and the lock. */
+  release({ stop = false } = {}) {
+    if (stop) {
+      clearInterval(this.#leaseTimer);
+      this.#unlock?.();
+      this.#unlock = null;
+      this.#locked = false;
+    }
+    if (!this.#storage || !this.#actor) return;
+    const leases = this.#leases();
+    const held = leases[this.#actor];
+    if (isObject(held) && held.o !== this.#owner && leaseUntil(held) > Date.now()) return; // not ours any more
+    leases[this.#actor] = { u: 0, o: this.#owner };
+    this.#write(`${this.#prefix}/actors`, leases);
   }
 
   /** `{entries: [[key, Entry]], resume}`; damaged rows are skipped (the relay's catchup brings them back). */
@@ -123,17 +211,20 @@ export class Persistence {
     const state = this.#read(`${this.#prefix}/state`);
     const entries = [];
     let resume = null;
-    if (state && state.v === 1 && Array.isArray(state.entries)) {
+    if (isObject(state) && state.v === 1 && Array.isArray(state.entries)) {
       for (const row of state.entries) {
         try {
           const [key, text, w, c, a] = row;
-          if (typeof key !== "string") continue;
-          entries.push([key, { v: text === null ? undefined : JSON.parse(text), s: { w: BigInt(w), c: Number(c), a: BigInt(a) } }]);
+          if (typeof key !== "string" || key === "") continue;
+          entries.push([key, { v: text === null ? undefined : JSON.parse(text), s: { w: BigInt(w), c: Number(c) >>> 0, a: BigInt(a) } }]);
         } catch {
           // skip it
         }
       }
-      if (state.resume && typeof state.resume.epoch === "string") resume = { epoch: state.resume.epoch, seq: String(state.resume.seq ?? "0") };
+      const r = state.resume;
+      if (isObject(r) && typeof r.epoch === "string" && /^[A-Za-z0-9+/]{1,88}={0,2}$/.test(r.epoch) && /^\d{1,20}$/.test(String(r.seq ?? "0"))) {
+        resume = { epoch: r.epoch, seq: String(r.seq ?? "0") };
+      }
     }
     return { entries, resume };
   }
@@ -145,34 +236,45 @@ export class Persistence {
     this.#write(`${this.#prefix}/state`, { v: 1, entries, resume });
   }
 
-  /** `{last, ops}` of an actor: its clock's last stamp and its unacknowledged ops (`{key, v, s}`). */
+  /** `{last, offsetNs, ops}` of an actor: its clock's last stamp and offset, and its unacknowledged ops (`{key, v, s}`). */
   loadOutbox(actor) {
     const outbox = this.#read(`${this.#prefix}/outbox/${actor}`);
     const ops = [];
     let last = null;
-    if (!outbox || !Array.isArray(outbox.ops)) return { last, ops };
+    let offsetNs = 0n;
+    if (!isObject(outbox) || !Array.isArray(outbox.ops)) return { last, offsetNs, ops };
     try {
-      if (outbox.last) last = { w: BigInt(outbox.last[0]), c: Number(outbox.last[1]), a: actor };
+      if (Array.isArray(outbox.last)) last = { w: BigInt(outbox.last[0]), c: Number(outbox.last[1]) >>> 0, a: actor };
+      if (typeof outbox.off === "string") offsetNs = BigInt(outbox.off);
     } catch {
       last = null;
     }
     for (const row of outbox.ops) {
       try {
         const [key, text, w, c] = row;
-        if (typeof key !== "string") continue;
-        ops.push({ key, v: text === null ? undefined : JSON.parse(text), s: { w: BigInt(w), c: Number(c), a: actor } });
+        if (typeof key !== "string" || key === "") continue;
+        ops.push({ key, v: text === null ? undefined : JSON.parse(text), s: { w: BigInt(w), c: Number(c) >>> 0, a: actor } });
       } catch {
         // skip a damaged row
       }
     }
-    return { last, ops };
+    return { last, offsetNs, ops };
   }
 
-  /** Saved on every write: the clock's last stamp too, so a reload never reuses a stamp. */
-  saveOutbox(actor, last, ops) {
+  /** Saved with every write: the clock's last stamp too, so a reload never reuses a stamp. */
+  saveOutbox(actor, clock, ops) {
     this.#write(`${this.#prefix}/outbox/${actor}`, {
-      last: [last.w.toString(), last.c],
+      last: [clock.last.w.toString(), clock.last.c],
+      off: clock.offsetNs.toString(),
       ops: ops.map((o) => [o.key, o.v === undefined ? null : JSON.stringify(o.v), o.s.w.toString(), o.s.c]),
     });
+  }
+
+  dropOutbox(actor) {
+    try {
+      this.#storage?.removeItem(`${this.#prefix}/outbox/${actor}`);
+    } catch {
+      // nothing to do
+    }
   }
 }

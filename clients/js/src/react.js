@@ -74,19 +74,9 @@ export function useAetherStatus(options = {}) {
 /** Other sessions' presence, and a function to publish this one's. */
 export function usePresence(options = {}) {
   const client = useAetherClient(options);
-  const cache = useRef({ client: null, peers: [] });
-  const subscribe = useCallback(
-    (onChange) =>
-      client.onPresence((peers) => {
-        cache.current = { client, peers };
-        onChange();
-      }),
-    [client],
-  );
-  const read = useCallback(() => {
-    if (cache.current.client !== client) cache.current = { client, peers: client.peers };
-    return cache.current.peers;
-  }, [client]);
+  const subscribe = useCallback((onChange) => client.onPresence(onChange), [client]);
+  // `client.peers` is a new array only when the peers change: a stable snapshot.
+  const read = useCallback(() => client.peers, [client]);
   const peers = useSyncExternalStore(subscribe, read, read);
   const publish = useCallback((state) => client.presence(state), [client]);
   return [peers, publish];

@@ -269,6 +269,9 @@ describe("browser client", () => {
 
       await a.evaluate(() => window.aether.set("k0", 0));
       await waitValue(b, "k0", 0);
+      // Presence goes among one relay's clients (docs/mesh.md): A's reaches B only once A is on r2.
+      await a.evaluate(() => window.aether.presence({ name: "A" }));
+      await b.evaluate(() => window.aether.presence({ name: "B" }));
 
       // Writes made while r1 dies are neither lost nor doubled.
       await a.evaluate(() => { for (let i = 1; i <= 10; i++) window.aether.set(`k${i}`, i); });
@@ -279,6 +282,9 @@ describe("browser client", () => {
       await a.evaluate(() => window.aether.synced());
       await b.evaluate(() => window.aether.set("back", "from B"));
       await waitValue(a, "back", "from B");
+      // A's presence was re-sent after the reconnect, and A gets B's on joining r2.
+      await waitFor(b, () => window.aether.peers.filter((p) => p.state.name === "A").length === 1, null, "A's presence re-sent through r2");
+      await waitFor(a, () => window.aether.peers.filter((p) => p.state.name === "B").length === 1, null, "B's presence on A");
       // Each key changed on B exactly once (no duplicate applications of a resent write).
       const seen = await b.evaluate(() => window.log.changes.filter((c) => c.key.startsWith("k")).map((c) => c.key));
       assert.equal(seen.length, new Set(seen).size, `duplicate change events on B: ${seen}`);
@@ -290,6 +296,75 @@ describe("browser client", () => {
       await two.close();
       await r1.close();
       await r2.close();
+    }
+  });
+
+  test("a write the relay refuses is rolled back and reported; limits learnt from the relay refuse locally", async () => {
+    const relay = await Relay.start({ args: ["--limit-value-bytes", "64"] });
+    await clientFrom(relay);
+    await relay.stop();
+    const space = uniqueSpace("refused");
+    const one = await profile();
+    try {
+      // Written before any welcome: the client knows only the default limits, so it queues it.
+      const a = await openPage(one, pageUrl(relay.http, space, relay.ws, { backoffMs: 100, maxBackoffMs: 500 }));
+      await waitFor(a, () => window.aether !== undefined, null, "the client");
+      await a.evaluate(() => window.aether.update({ big: "x".repeat(200), small: "ok" }));
+      assert.equal(await get(a, "big"), "x".repeat(200));
+      await relay.restart();
+      await online(a);
+      const err = await waitFor(a, () => window.log.errors.find((e) => e.code === "bad-op"), null, "the refusal");
+      assert.deepEqual(err.keys.sort(), ["big", "small"], "the whole write is refused");
+      assert.equal(await get(a, "big"), undefined, "rolled back");
+      assert.deepEqual(await a.evaluate(() => window.aether.entries()), [], "entries() still works after a rollback");
+      assert.equal(await a.evaluate(() => window.aether.pending), 0);
+      await a.evaluate(() => window.aether.synced());
+      // Now the client knows the relay's limit: too large is refused at once, locally, and nothing applies.
+      const thrown = await a.evaluate(() => { try { window.aether.update({ fine: 1, big: "y".repeat(100) }); return null; } catch (e) { return `${e.name}: ${e.message}`; } });
+      assert.match(thrown, /^RangeError: .*over 64 bytes/);
+      assert.equal(await get(a, "fine"), undefined);
+      await a.evaluate(() => window.aether.set("fine", 1));
+      await a.evaluate(() => window.aether.synced());
+      assert.deepEqual(await a.evaluate(() => window.aether.entries()), [["fine", 1]]);
+      assert.deepEqual(a.errors, []);
+    } finally {
+      await one.close();
+      await relay.close();
+    }
+  });
+
+  test("a browser whose clock runs minutes ahead still gets its offline writes in", async () => {
+    const relay = await Relay.start();
+    await clientFrom(relay);
+    await relay.stop();
+    const space = uniqueSpace("skew");
+    const one = await profile();
+    const two = await profile();
+    try {
+      await one.addInitScript(() => {
+        const real = Date.now;
+        Date.now = () => real() + 180_000; // three minutes fast; relays allow 60 s
+      });
+      const a = await openPage(one, pageUrl(relay.http, space, relay.ws, { backoffMs: 100, maxBackoffMs: 500 }));
+      await waitFor(a, () => window.aether !== undefined, null, "the client");
+      const before = await a.evaluate(() => window.aether.actor);
+      await a.evaluate(() => window.aether.set("fast", "clock"));
+      await relay.restart();
+      const b = await openPage(two, pageUrl(relay.http, space, relay.ws));
+      await waitValue(b, "fast", "clock");
+      await online(a);
+      await a.evaluate(() => window.aether.synced());
+      assert.notEqual(await a.evaluate(() => window.aether.actor), before, "re-stamped as a new actor");
+      assert.ok(await a.evaluate(() => window.log.errors.some((e) => e.code === "actor")));
+      // Later writes carry corrected stamps: B's newer write still wins over A's older one.
+      await b.evaluate(() => window.aether.set("fast", "B later"));
+      await waitValue(a, "fast", "B later");
+      assert.deepEqual(a.errors, []);
+      assert.deepEqual(b.errors, []);
+    } finally {
+      await one.close();
+      await two.close();
+      await relay.close();
     }
   });
 });
