@@ -11,53 +11,39 @@
 // time: after a reload and a reconnect it wins over older values and loses to
 // newer ones, which the relay reports as `superseded` (see `onSupersede`).
 //
-// Modules: hlc.js (stamps, clock), endpoints.js (relay URLs), persist.js
-// (localStorage, actor leases). Types: aether.d.ts. No dependencies; relays
+// Modules: connection.js (the socket: endpoints, backoff, pings), hlc.js
+// (stamps, clock), endpoints.js (relay URLs), persist.js (localStorage, actor
+// leases), inflight.js (sent writes). Types: aether.d.ts. No dependencies; relays
 // serve them all under /client/.
 
-import { parseRelays } from "./endpoints.js";
+import { Connection } from "./connection.js";
 import { Clock, MS, cmp, fromWire, newer, toWire } from "./hlc.js";
 import { InFlight } from "./inflight.js";
+import { DEFAULT_LIMITS, TokenBucket, checkChanges, utf8, wellFormed } from "./limits.js";
 import { Persistence, defaultStorage } from "./persist.js";
 
-const PROTOCOL = "aether.v1.json";
-/** Client pings (RTT and dead-socket detection). */
-const PING_EVERY_MS = 15_000;
-const PONG_WITHIN_MS = 10_000;
 /** Presence updates are sent at most this often (the newest state wins). */
 const PRESENCE_EVERY_MS = 50;
 /** Confirmed state is saved at most this often (and when the page is hidden). */
 const SAVE_STATE_EVERY_MS = 250;
 /** Skews smaller than this are left alone: stamps stay on this machine's clock. */
 const SKEW_TOLERANCE_NS = 250n * MS;
-/** An attempt that neither fails nor reaches `online` within this is abandoned for the next relay. */
-const CONNECT_TIMEOUT_MS = 10_000;
-/** A connection up this long resets the backoff: one that keeps dropping at once does not. */
-const STABLE_MS = 10_000;
 /** Relay errors after which a write is retried rather than dropped. */
 const RETRY_CODES = new Set(["rate-limited", "overloaded", "unavailable", "write-failed"]);
 /** Relay errors after which another relay is tried. */
 const FAILOVER_CODES = new Set(["unavailable", "write-failed"]);
 /** Refusals of a `subscribe`: the connection is useless; retry later. */
 const SUBSCRIBE_CODES = new Set(["bad-space", "too-many-spaces", "auth-failed"]);
-/** Relay defaults, until a `welcome` says otherwise. */
-const DEFAULT_LIMITS = { maxOpsPerWrite: 256, maxFrameBytes: 262144, maxKeyBytes: 256, maxValueBytes: 32768 };
-
-const encoder = new TextEncoder();
-const utf8 = (s) => encoder.encode(s).length;
-/** UTF-8 is at most 3 bytes per UTF-16 unit: short texts need no encoding to be checked. */
-const fits = (s, max) => s.length * 3 <= max || utf8(s) <= max;
-const wellFormed = (s) => (typeof s.isWellFormed === "function" ? s.isWellFormed() : !/\p{Surrogate}/u.test(s));
 
 
 // ---------------------------------------------------------------- the client
 
 export class Aether {
-  #urls;
-  #cloudUrl;
   #opts;
   #store;
   #clock;
+  #conn;
+  #helloAt = 0;
   /** @type {Map<string, Entry>} */ #confirmed = new Map();
   /** @type {Map<string, Entry>} */ #tab = new Map();
   /** Local ops not yet sent, one per key (a newer write replaces an unsent older one). */
@@ -69,21 +55,11 @@ export class Aether {
   /** @type {Map<string, Entry>} */ #view = new Map();
   #nextId = 1n;
   #resume = null; // {epoch, seq}
-  #status = "connecting";
-  #ws = null;
-  #relay = null;
   #session = null;
   #color = null;
   #limits = { ...DEFAULT_LIMITS };
-  #connectTimer = null;
-  #onlineAt = 0;
   #bucket = null;
-  #endpoint = 0;
-  #failures = 0;
-  #reconnectTimer = null;
   #flushTimer = null;
-  #pingTimer = null;
-  #pongTimer = null;
   #saveTimer = null;
   #presenceState = null;
   #presenceTimer = null;
@@ -112,9 +88,6 @@ export class Aether {
   constructor(relays, options) {
     if (!options || typeof options.space !== "string" || options.space === "") throw new TypeError("Aether: options.space is required");
     if (!wellFormed(options.space) || utf8(options.space) > 1024) throw new TypeError("Aether: options.space must be well-formed text of at most 1024 bytes");
-    const { urls, cloudUrl } = parseRelays(relays);
-    this.#urls = urls;
-    this.#cloudUrl = cloudUrl;
     this.#opts = {
       token: options.token,
       broadcast: options.broadcast ?? true,
@@ -139,13 +112,24 @@ export class Aether {
       addEventListener("pageshow", this.#onPageShow);
       addEventListener("visibilitychange", this.#onVisibility);
     }
-    this.#connect();
+    this.#conn = new Connection(relays, this.#opts, {
+      ready: () => this.#store.ready, // never send as an actor another live tab holds
+      open: () => {
+        this.#helloAt = Date.now();
+        this.#conn.send({ hello: { version: 1, actor: this.actor, client: this.#opts.client, ...(this.#opts.token ? { token: this.#opts.token } : {}) } });
+      },
+      frame: (frame) => this.#onFrame(frame),
+      closed: () => this.#disconnected(),
+      status: (s) => this.#emit("status", s),
+      error: (code, message) => this.#emit("error", { code, message, keys: [] }),
+    });
+    this.#conn.start();
   }
 
   // ------------------------------------------------------------ reading
 
-  get status() { return this.#status; }
-  get relay() { return this.#relay; }
+  get status() { return this.#conn.status; }
+  get relay() { return this.#conn.url; }
   get session() { return this.#session; }
   get color() { return this.#color; }
   get pending() {
@@ -172,23 +156,7 @@ export class Aether {
 
   update(changes) {
     if (this.#closed) throw new Error("Aether: closed");
-    // Everything is checked before anything applies: a relay would refuse the whole write.
-    const checked = [];
-    const maxKey = Number(this.#limits.maxKeyBytes) || DEFAULT_LIMITS.maxKeyBytes;
-    const maxValue = Number(this.#limits.maxValueBytes) || DEFAULT_LIMITS.maxValueBytes;
-    for (const [key, value] of Object.entries(changes)) {
-      if (key === "" || !wellFormed(key) || !fits(key, maxKey)) throw new RangeError(`Aether: a key is 1 to ${maxKey} bytes of well-formed text: ${JSON.stringify(key.slice(0, 40))}`);
-      if (value === undefined) {
-        checked.push([key, undefined]);
-        continue;
-      }
-      // Round-trip through JSON: what is stored is exactly what others will see.
-      const text = JSON.stringify(value);
-      if (text === undefined) throw new TypeError(`Aether: the value of ${key} is not JSON`);
-      if (!fits(text, maxValue)) throw new RangeError(`Aether: the value of ${key} is over ${maxValue} bytes of JSON`);
-      checked.push([key, JSON.parse(text)]);
-    }
-    const ops = checked.map(([key, v]) => ({ key, v, s: this.#clock.now() }));
+    const ops = checkChanges(changes, this.#limits).map(([key, v]) => ({ key, v, s: this.#clock.now() }));
     if (ops.length === 0) return;
     for (const op of ops) {
       this.#queued.delete(op.key); // keeps insertion order = write order
@@ -249,7 +217,7 @@ export class Aether {
   close() {
     if (this.#closed) return;
     this.#closed = true;
-    for (const t of [this.#reconnectTimer, this.#flushTimer, this.#pingTimer, this.#pongTimer, this.#presenceTimer, this.#saveTimer, this.#connectTimer]) clearTimeout(t);
+    for (const t of [this.#flushTimer, this.#presenceTimer, this.#saveTimer]) clearTimeout(t);
     this.#presenceTimer = null;
     for (const w of this.#waiters.splice(0)) w.reject(new Error("Aether: closed"));
     if (typeof removeEventListener === "function") {
@@ -260,11 +228,8 @@ export class Aether {
     this.#saveAll(false);
     this.#store.release({ stop: true });
     this.#channel?.close();
-    const ws = this.#ws;
-    this.#ws = null;
-    if (ws) ws.close(1000, "closed");
     this.#setPeers(() => this.#peers.clear());
-    this.#setStatus("offline");
+    this.#conn.close();
   }
 
   #add(kind, listener) {
@@ -360,98 +325,10 @@ export class Aether {
 
   // ------------------------------------------------------------ connection
 
-  #setStatus(s) {
-    if (this.#status === s) return;
-    this.#status = s;
-    this.#emit("status", s);
-  }
-
-  async #connect() {
-    if (this.#closed) return;
-    this.#setStatus("connecting");
-    await this.#store.ready; // never send as an actor another live tab holds
-    if (this.#closed || this.#ws) return;
-    if (this.#urls.length === 0 || (this.#cloudUrl && this.#endpoint === 0 && this.#failures > 0)) {
-      if (!(await this.#fetchEndpoints())) return this.#retry();
-    }
-    if (this.#closed) return;
-    const url = this.#urls[this.#endpoint % this.#urls.length];
-    let ws;
-    try {
-      ws = new WebSocket(url, PROTOCOL);
-    } catch (e) {
-      this.#emit("error", { code: "connect", message: String(e), keys: [] });
-      this.#endpoint = (this.#endpoint + 1) % this.#urls.length;
-      return this.#retry();
-    }
-    this.#ws = ws;
-    clearTimeout(this.#connectTimer);
-    this.#connectTimer = setTimeout(() => {
-      if (this.#status !== "online") this.#drop(ws, `no welcome and catchup within ${CONNECT_TIMEOUT_MS} ms`);
-    }, CONNECT_TIMEOUT_MS);
-    let helloAt = 0;
-    ws.onopen = () => {
-      helloAt = Date.now();
-      this.#send({ hello: { version: 1, actor: this.actor, client: this.#opts.client, ...(this.#opts.token ? { token: this.#opts.token } : {}) } });
-    };
-    ws.onmessage = (e) => {
-      if (this.#ws !== ws) return;
-      let frame;
-      try {
-        frame = JSON.parse(e.data);
-      } catch {
-        return this.#drop(ws, "undecodable frame");
-      }
-      try {
-        this.#onFrame(ws, url, frame, helloAt);
-      } catch (err) {
-        this.#drop(ws, `bad frame: ${err && err.message}`);
-      }
-    };
-    ws.onclose = () => {
-      if (this.#ws === ws) this.#disconnected();
-    };
-    ws.onerror = () => {}; // onclose follows
-  }
-
-  async #fetchEndpoints() {
-    try {
-      const signal = typeof AbortSignal !== "undefined" && AbortSignal.timeout ? AbortSignal.timeout(CONNECT_TIMEOUT_MS) : undefined;
-      const res = await fetch(this.#cloudUrl, { cache: "no-store", signal });
-      if (!res.ok) throw new Error(`${res.status}`);
-      const doc = await res.json();
-      const { urls } = parseRelays(doc);
-      this.#urls = urls;
-      this.#endpoint = 0;
-      return true;
-    } catch (e) {
-      this.#emit("error", { code: "endpoints", message: `fetching ${this.#cloudUrl}: ${e.message ?? e}`, keys: [] });
-      return this.#urls.length > 0;
-    }
-  }
-
-  /** Closes a misbehaving or dead socket; reconnecting follows from its close. */
-  #drop(ws, why) {
-    if (this.#ws !== ws) return;
-    this.#emit("error", { code: "connection", message: why, keys: [] });
-    this.#disconnected();
-    try {
-      ws.close(4000, "client: " + why.slice(0, 100));
-    } catch {
-      // already closed
-    }
-  }
-
+  /** The socket went (connection.js reconnects): what was in flight goes back to the queue. */
   #disconnected() {
-    const wasOnline = this.#status === "online";
-    const stable = wasOnline && Date.now() - this.#onlineAt >= STABLE_MS;
-    this.#ws = null;
-    clearTimeout(this.#connectTimer);
-    this.#relay = null;
     this.#session = null;
     this.#color = null;
-    clearTimeout(this.#pingTimer);
-    clearTimeout(this.#pongTimer);
     clearTimeout(this.#flushTimer);
     clearTimeout(this.#presenceTimer);
     this.#presenceTimer = null;
@@ -466,48 +343,24 @@ export class Aether {
     this.#queued = requeued;
     this.#checkSynced();
     this.#setPeers(() => this.#peers.clear()); // no ghosts: the next relay sends who is there
-    if (this.#closed) return;
-    // A connection that was live is tried once more (the nearest relay comes first in the
-    // list); one that never got there, or just did, gives way to the next relay.
-    if (!wasOnline || this.#failures > 0) this.#endpoint = (this.#endpoint + 1) % Math.max(1, this.#urls.length);
-    if (stable) this.#failures = 0;
-    this.#retry();
   }
 
-  #retry() {
-    if (this.#closed) return;
-    this.#setStatus("offline");
-    // Exponential backoff with jitter; the first retry after a drop is quick.
-    const exp = Math.min(this.#opts.maxBackoffMs, this.#opts.backoffMs * 2 ** Math.min(this.#failures, 16));
-    const delay = exp / 2 + Math.random() * (exp / 2);
-    this.#failures += 1;
-    clearTimeout(this.#reconnectTimer);
-    this.#reconnectTimer = setTimeout(() => this.#connect(), delay);
-  }
-
-  #send(frame) {
-    const ws = this.#ws;
-    if (!ws || ws.readyState !== 1) return false;
-    ws.send(JSON.stringify(frame));
-    return true;
-  }
-
-  #onFrame(ws, url, frame, helloAt) {
+  #onFrame(frame) {
     const [kind] = Object.keys(frame);
     const f = frame[kind] ?? {};
     switch (kind) {
       case "welcome": {
-        this.#relay = url;
+        this.#conn.welcomed();
         this.#session = f.session ?? null;
         this.#color = f.color ?? null;
         this.#limits = { ...this.#limits, ...(f.limits ?? {}) };
         const rate = Number(f.limits?.opsPerSec ?? 0);
         const burst = Number(f.limits?.burst ?? 0);
         // The relay charged the hello and the subscribe already.
-        this.#bucket = rate > 0 && burst > 0 ? { rate, burst, tokens: Math.max(0, burst - 2), at: Date.now() } : null;
+        this.#bucket = rate > 0 && burst > 0 ? new TokenBucket(rate, burst, 2) : null;
         // Follow the relay's clock when ours is off, so our writes neither lose unfairly nor get refused.
         const now = BigInt(Date.now());
-        const relayNs = BigInt(f.nowNs ?? "0") + (now - BigInt(helloAt)) * MS / 2n;
+        const relayNs = BigInt(f.nowNs ?? "0") + (now - BigInt(this.#helloAt)) * MS / 2n;
         const skew = relayNs - now * MS;
         this.#clock.offsetNs = skew > SKEW_TOLERANCE_NS || skew < -SKEW_TOLERANCE_NS ? skew : 0n;
         // Stamps made on a clock far ahead (before this welcome, or restored) would be refused
@@ -516,8 +369,7 @@ export class Aether {
         if (this.#clock.last.w > relayNs + maxSkew) return this.#switchActor(true, "the clock was ahead of the relay's");
         const sub = { space: this.space, presence: true };
         if (this.#resume) Object.assign(sub, { epoch: this.#resume.epoch, seq: this.#resume.seq });
-        this.#send({ subscribe: sub });
-        this.#schedulePing();
+        this.#conn.send({ subscribe: sub });
         break;
       }
       case "catchup": {
@@ -526,9 +378,7 @@ export class Aether {
         if (f.done) {
           this.#resume = typeof f.epoch === "string" && f.epoch !== "" ? { epoch: f.epoch, seq: f.seq ?? "0" } : null;
           this.#scheduleSave();
-          clearTimeout(this.#connectTimer);
-          this.#onlineAt = Date.now();
-          this.#setStatus("online");
+          this.#conn.online();
           this.#presenceSentAt = 0;
           if (this.#presenceState) this.#schedulePresence();
           this.#scheduleFlush(0);
@@ -566,7 +416,7 @@ export class Aether {
         break;
       }
       case "error":
-        this.#onError(ws, f);
+        this.#onError(f);
         break;
       case "presence": {
         if (f.space !== this.space || !f.session) break;
@@ -578,9 +428,6 @@ export class Aether {
         }
         break;
       }
-      case "pong":
-        clearTimeout(this.#pongTimer);
-        break;
       default:
         break; // a newer relay's frame: ignore
     }
@@ -600,7 +447,7 @@ export class Aether {
     this.#confirm(op.key, { v: op.delete ? undefined : op.value ?? null, s: fromWire(op.stamp) }, "remote");
   }
 
-  #onError(ws, f) {
+  #onError(f) {
     const code = f.code ?? "error";
     const message = f.message ?? "";
     const ops = f.id && f.id !== "0" ? this.#inflight.take(f.id) : undefined;
@@ -616,7 +463,7 @@ export class Aether {
           if ((!q || cmp(op.s, q.s) > 0) && (!f2 || cmp(op.s, f2.s) > 0)) this.#queued.set(op.key, op);
         }
         if (code === "future-stamp") return this.#switchActor(true, `${code}: ${message}`);
-        if (FAILOVER_CODES.has(code) && this.#urls.length > 1) return this.#drop(ws, `${code}: ${message}`);
+        if (FAILOVER_CODES.has(code) && this.#conn.alternatives) return this.#conn.drop(`${code}: ${message}`);
         this.#scheduleFlush(500 + Math.random() * 500);
       } else {
         // Refused for good: roll the keys back to what relays confirmed.
@@ -629,7 +476,7 @@ export class Aether {
     }
     this.#emit("error", { code, message, keys: [] });
     if (f.fatal && code === "bad-frame") this.#resume = null; // perhaps our resume point: start afresh
-    if (f.fatal || (SUBSCRIBE_CODES.has(code) && this.#status !== "online")) this.#drop(ws, `${code}: ${message}`);
+    if (f.fatal || (SUBSCRIBE_CODES.has(code) && this.status !== "online")) this.#conn.drop(`${code}: ${message}`);
   }
 
   #afterSettle() {
@@ -646,7 +493,7 @@ export class Aether {
 
   /** Sends queued ops as writes of at most `maxOpsPerWrite` ops and half a frame, paced by the relay's rate. */
   #flush() {
-    if (this.#status !== "online" || this.#queued.size === 0) return;
+    if (this.status !== "online" || this.#queued.size === 0) return;
     const maxOps = Math.max(1, Number(this.#limits.maxOpsPerWrite) || 256);
     const maxBytes = Math.max(1024, (Number(this.#limits.maxFrameBytes) || 262144) / 2);
     while (this.#queued.size > 0) {
@@ -664,54 +511,32 @@ export class Aether {
       const wait = this.#take(batch.length);
       if (wait > 0) return this.#scheduleFlush(wait);
       const id = (this.#nextId++).toString();
-      if (!this.#send({ write: { id, space: this.space, ops: wire } })) return;
+      if (!this.#conn.send({ write: { id, space: this.space, ops: wire } })) return;
       for (const op of batch) this.#queued.delete(op.key);
       this.#inflight.add(id, batch);
     }
     this.#saveOutbox();
   }
 
-  /** Token bucket mirroring the relay's (`welcome.limits`): ms to wait before `n` tokens are there, or 0 (taken). */
+  /** ms to wait for `n` of the relay's rate tokens, or 0 (taken). */
   #take(n) {
-    const b = this.#bucket;
-    if (!b) return 0;
-    const now = Date.now();
-    b.tokens = Math.min(b.burst, b.tokens + ((now - b.at) / 1000) * b.rate);
-    b.at = now;
-    const need = Math.min(n, b.burst);
-    if (b.tokens >= need) {
-      b.tokens -= need;
-      return 0;
-    }
-    return Math.ceil(((need - b.tokens) / b.rate) * 1000);
+    return this.#bucket ? this.#bucket.take(n) : 0;
   }
 
   #schedulePresence() {
-    if (this.#presenceTimer || this.#status !== "online") return;
+    if (this.#presenceTimer || this.status !== "online") return;
     const wait = Math.max(0, this.#presenceSentAt + PRESENCE_EVERY_MS - Date.now());
     this.#presenceTimer = setTimeout(() => {
       this.#presenceTimer = null;
-      if (this.#status !== "online") return;
+      if (this.status !== "online") return;
       const wait = this.#take(1);
       if (wait > 0) {
         this.#presenceSentAt = Date.now() + wait - PRESENCE_EVERY_MS;
         return this.#schedulePresence();
       }
       this.#presenceSentAt = Date.now();
-      this.#send({ presence: this.#presenceState ? { space: this.space, state: this.#presenceState } : { space: this.space } });
+      this.#conn.send({ presence: this.#presenceState ? { space: this.space, state: this.#presenceState } : { space: this.space } });
     }, wait);
-  }
-
-  #schedulePing() {
-    clearTimeout(this.#pingTimer);
-    this.#pingTimer = setTimeout(() => {
-      const ws = this.#ws;
-      if (!ws) return;
-      this.#send({ ping: { nonce: String(Date.now()) } });
-      clearTimeout(this.#pongTimer);
-      this.#pongTimer = setTimeout(() => this.#drop(ws, "no pong"), PONG_WITHIN_MS);
-      this.#schedulePing();
-    }, PING_EVERY_MS);
   }
 
   /** Bounds the unsent queue: the oldest queued key's op goes first, reported as `overflow`. */
@@ -755,8 +580,7 @@ export class Aether {
     if (keep) this.#store.dropOutbox(old);
     this.#saveOutbox();
     this.#emit("error", { code: "actor", message: `continuing as a new actor: ${why}`, keys: [] });
-    const ws = this.#ws;
-    if (ws) this.#drop(ws, why); // reconnect: the hello names the actor
+    this.#conn.drop(why); // reconnect: the hello names the actor
   }
 
   // ------------------------------------------------------------ persistence (persist.js)
