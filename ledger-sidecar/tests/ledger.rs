@@ -344,8 +344,10 @@ async fn compaction_folds_old_segments_and_keeps_the_state() {
     let first = write_ops(&relay, "s", "k", 2_000, 400).await;
     wait_shipped(&relay).await;
     let t_first = time::OffsetDateTime::now_utc();
-    // The first batch ages past a 2.5 s window while the second does not.
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // A gap between the batches; the retention window below ends in its middle, so
+    // `compact` may start up to half of it late and still split them there.
+    let gap = std::time::Duration::from_secs(8);
+    tokio::time::sleep(gap).await;
     write_ops(&relay, "s", "k", 1_000, 200).await;
     write_ops(&relay, "t", "k", 500, 50).await;
     wait_shipped(&relay).await;
@@ -360,7 +362,10 @@ async fn compaction_folds_old_segments_and_keeps_the_state() {
     assert!(out.contains("nothing to fold"), "{out}");
     assert_eq!(segments(), before);
 
-    let out = ledger_ok(&[args(&["compact", "--retain", "2500ms"]), store.clone()].concat());
+    // Measured now: `compact` counts the window back from its own start.
+    let retain = time::OffsetDateTime::now_utc() - (t_first + gap / 2);
+    let retain = format!("{}ms", retain.whole_milliseconds());
+    let out = ledger_ok(&[args(&["compact", "--retain", &retain]), store.clone()].concat());
     assert!(out.contains("folded"), "{out}");
     let partial = segments();
     assert!(partial > 0 && partial < before, "{partial} of {before} segments left: {out}");
@@ -412,8 +417,10 @@ async fn a_dir_that_ran_without_a_sidecar_starts_its_ledger_with_a_snapshot() {
     let t_early = time::OffsetDateTime::now_utc();
     write_ops(&relay, "s", "k", 3_000, 300).await;
     let snaps = data.path().join("snapshots");
+    // A complete one: a snapshot being written is a `<seq>.tmp` directory.
     eventually("a snapshot", || async {
-        if std::fs::read_dir(&snaps).unwrap().count() > 0 { Ok(()) } else { Err("none".into()) }
+        let done = std::fs::read_dir(&snaps).unwrap().flatten().filter(|d| d.path().extension().is_none()).count();
+        if done > 0 { Ok(()) } else { Err("none".into()) }
     })
     .await;
     drop(relay);

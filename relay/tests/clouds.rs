@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{Relay, eventually, tempdir};
+use common::{Relay, eventually, tempdir, write_atomic};
 use serde_json::{Value, json};
 
 fn doc(first: &str) -> Value {
@@ -41,14 +41,14 @@ async fn endpoint_lists_are_served_and_follow_the_file() {
     assert!(body.contains("no cloud \\\"mars\\\""), "{body}");
 
     // The operator rewrites the ConfigMap: the relay follows.
-    std::fs::write(&file, doc("wss://eu2.example.com").to_string()).unwrap();
+    write_atomic(&file, doc("wss://eu2.example.com").to_string());
     eventually("the new list", || async {
         let (_, body) = relay.http_get("/v1/clouds/eu-west").await;
         if body.contains("eu2.example.com") { Ok(()) } else { Err(body) }
     })
     .await;
     // A broken update is not served: the last good list stays.
-    std::fs::write(&file, b"{\"version\": 1, \"clouds\": ").unwrap();
+    write_atomic(&file, b"{\"version\": 1, \"clouds\": ");
     eventually("the relay read the broken file", || async {
         let (_, metrics) = relay.http_get("/metrics").await;
         let line = metrics.lines().find(|l| l.starts_with("aether_clouds_file_errors_total ")).unwrap_or("");

@@ -33,9 +33,11 @@ struct Ledger {
     delete_sent: HashSet<String>,
 }
 
-/// Writes as fast as echoes allow (pipelined) until the relay dies.
-async fn writer(url: String, prefix: String, ledger: Arc<Mutex<Ledger>>) {
+/// Writes as fast as echoes allow (pipelined) until the relay dies; says
+/// `joined` once it has its snapshot (the kill waits for every writer's).
+async fn writer(url: String, prefix: String, ledger: Arc<Mutex<Ledger>>, joined: tokio::sync::oneshot::Sender<()>) {
     let (c, _, _) = Client::join(&url).await;
+    let _ = joined.send(());
     let (mut sink, mut stream) = c.ws.split();
     let reader = {
         let ledger = ledger.clone();
@@ -108,17 +110,24 @@ async fn sigkill_at_random_points_never_loses_an_echoed_op() {
         check(&snap, &all_sets, &all_deletes, &all_delete_sent, round);
 
         let ledger = Arc::new(Mutex::new(Ledger::default()));
-        let writers: Vec<_> = (0..3)
+        let (writers, joined): (Vec<_>, Vec<_>) = (0..3)
             .map(|w| {
                 let url = relay.ws_url(&format!("space=crash&writer=r{round}w{w}"));
-                tokio::spawn(writer(url.clone(), reader_prefix(&url), ledger.clone()))
+                let (joined, on_join) = tokio::sync::oneshot::channel();
+                (tokio::spawn(writer(url.clone(), reader_prefix(&url), ledger.clone(), joined)), on_join)
             })
-            .collect();
-        // Let some ops be echoed, then kill at a random moment.
+            .unzip();
+        // Every writer has joined (a kill during a join, with its large snapshot,
+        // would fail the join rather than test the WAL).
         let deadline = tokio::time::Instant::now() + common::DEADLINE;
+        for on_join in joined {
+            let joined = tokio::time::timeout_at(deadline, on_join).await;
+            assert!(matches!(joined, Ok(Ok(()))), "a writer did not join: {joined:?}");
+        }
+        // Let some ops be echoed, then kill at a random moment.
         while ledger.lock().unwrap().echoed_sets.len() < 20 {
             assert!(tokio::time::Instant::now() < deadline, "no progress before the kill");
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..150))).await;
         relay.kill();

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use common::{Client, Event, Relay, tempdir};
 use futures_util::SinkExt;
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -125,7 +126,9 @@ async fn x_forwarded_for_from_untrusted_peers_is_ignored() {
 #[tokio::test]
 async fn auth_by_query_or_first_frame_and_failures_close_1008_before_any_state() {
     let dir = tempdir();
-    let relay = Relay::start(dir.path(), &["--auth-token", "s3cret", "--auth-timeout", "300ms"]);
+    // An auth deadline longer than the test waits for anything: the cases that
+    // authenticate (or fail to) with a frame never race it on a slow machine.
+    let relay = Relay::start(dir.path(), &["--auth-token", "s3cret", "--auth-timeout", "30s"]);
 
     let (mut ok, _, _) = Client::join(&relay.ws_url("auth_token=s3cret")).await;
     ok.send(json!({"type":"set","key":"secret","value":42})).await;
@@ -148,12 +151,15 @@ async fn auth_by_query_or_first_frame_and_failures_close_1008_before_any_state()
     rude.send(json!({"type":"set","key":"secret","value":0})).await;
     assert_eq!(rude.next_event().await, Event::Close(1008, "auth required".into()));
 
-    // Missing token: the deadline closes it; a token after that is too late.
-    let mut silent = Client::connect(&relay.ws_url("")).await;
+    // Missing token: the deadline (a relay with a short one) closes it; a token after
+    // that is too late.
+    let quick_dir = tempdir();
+    let quick = Relay::start(quick_dir.path(), &["--auth-token", "s3cret", "--auth-timeout", "300ms"]);
+    let mut silent = Client::connect(&quick.ws_url("")).await;
     assert_eq!(silent.next_event().await, Event::Close(1008, "auth timeout".into()));
     // A token sent once the deadline has passed (the relay's close is on its way) is
     // not accepted: nothing but the close arrives.
-    let mut late = Client::connect(&relay.ws_url("")).await;
+    let mut late = Client::connect(&quick.ws_url("")).await;
     assert_eq!(late.next_event().await, Event::Close(1008, "auth timeout".into()));
     let _ = late.ws.send(Message::text(json!({"type":"auth","token":"s3cret"}).to_string())).await;
     assert!(matches!(late.next_event().await, Event::Gone | Event::Close(..)), "the late token opened nothing");
@@ -163,31 +169,77 @@ async fn auth_by_query_or_first_frame_and_failures_close_1008_before_any_state()
     assert_eq!(snap, json!({"secret": 42}));
 }
 
+/// A client read on a task of its own: reading is what answers pings
+/// (tungstenite replies while polling), so it keeps answering whatever the
+/// test awaits meanwhile (e.g. another client's echo behind a slow fsync).
+struct Polled {
+    outbox: mpsc::UnboundedSender<Value>,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Polled {
+    fn new(mut c: Client) -> Polled {
+        let (outbox, mut to_send) = mpsc::unbounded_channel::<Value>();
+        let (tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    v = to_send.recv() => match v {
+                        Some(v) => c.send(v).await,
+                        None => return,
+                    },
+                    e = c.next_event() => {
+                        let end = !matches!(e, Event::Json(_));
+                        if tx.send(e).is_err() || end {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Polled { outbox, events }
+    }
+
+    fn send(&self, v: Value) {
+        self.outbox.send(v).expect("the client's task is running");
+    }
+
+    /// The next message; panics on close.
+    async fn recv(&mut self) -> Value {
+        let e = tokio::time::timeout(common::DEADLINE, self.events.recv()).await.expect("no message in time");
+        match e {
+            Some(Event::Json(v)) => v,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn passive_listener_is_kept_alive_by_pings() {
     let dir = tempdir();
-    // Pings every 50 ms, idle cut-off 200 ms, auth deadline 100 ms: a listener that
+    // Pings every 200 ms, idle cut-off 1 s, auth deadline 1 s: a listener that
     // authenticated with a first frame and then only answers pings must survive
     // many idle periods (the auth deadline no longer applies).
     let relay = Relay::start(
         dir.path(),
-        &["--ping-interval", "50ms", "--idle-timeout", "200ms", "--auth-timeout", "100ms", "--auth-token", "tok"],
+        &["--ping-interval", "200ms", "--idle-timeout", "1s", "--auth-timeout", "1s", "--auth-token", "tok"],
     );
     let mut listener = Client::connect(&relay.ws_url("")).await;
     listener.send(json!({"type":"auth","token":"tok"})).await;
     assert_eq!(listener.recv().await["type"], "hello");
     assert_eq!(listener.recv().await["type"], "snapshot");
-    let (mut writer, _, _) = Client::join(&relay.ws_url("auth_token=tok")).await;
-    for round in 0..5 {
-        // Reading is what answers pings (tungstenite replies while polling); both
-        // clients read and must get nothing but pings for two idle periods.
+    let mut listener = Polled::new(listener);
+    let mut writer = Polled::new(Client::join(&relay.ws_url("auth_token=tok")).await.0);
+    for round in 0..4 {
+        // Both clients keep reading and must get nothing but pings for two and a
+        // half idle periods.
         let (idle, writer_idle) = tokio::join!(
-            tokio::time::timeout(Duration::from_millis(400), listener.next_event()),
-            tokio::time::timeout(Duration::from_millis(400), writer.next_event()),
+            tokio::time::timeout(Duration::from_millis(2500), listener.events.recv()),
+            tokio::time::timeout(Duration::from_millis(2500), writer.events.recv()),
         );
         assert!(idle.is_err(), "round {round}: listener got {idle:?} while idle");
         assert!(writer_idle.is_err(), "round {round}: writer got {writer_idle:?} while idle");
-        writer.send(json!({"type":"set","key":"tick","value":round})).await;
+        writer.send(json!({"type":"set","key":"tick","value":round}));
         assert_eq!(listener.recv().await, json!({"type":"set","key":"tick","value":round}));
         assert_eq!(writer.recv().await["value"], round);
     }
@@ -196,7 +248,7 @@ async fn passive_listener_is_kept_alive_by_pings() {
 #[tokio::test]
 async fn client_that_never_answers_pings_is_closed_as_idle() {
     let dir = tempdir();
-    let relay = Relay::start(dir.path(), &["--ping-interval", "50ms", "--idle-timeout", "200ms"]);
+    let relay = Relay::start(dir.path(), &["--ping-interval", "100ms", "--idle-timeout", "1s"]);
     // A raw socket: it completes the handshake, then only reads bytes, so it never
     // answers a ping (a WebSocket library would).
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

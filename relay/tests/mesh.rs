@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Client, Relay, eventually, free_port, tempdir};
+use common::{Client, Relay, eventually, free_port, tempdir, write_atomic};
 use serde_json::{Value, json};
 
 struct Mesh {
@@ -53,6 +53,15 @@ impl Mesh {
     fn restart(&mut self, i: usize) {
         let r = self.spawn(i);
         self.relays[i] = Some(r);
+    }
+
+    /// Waits until every running relay's replication streams to its peers are
+    /// open (all relays must be running): a relay reaches a peer that started
+    /// after it, or restarted, only after its reconnect backoff.
+    async fn wait_connected(&self) {
+        for i in 0..self.relays.len() {
+            self.relay(i).wait_peers_connected().await;
+        }
     }
 
     /// space → (role, digest) on relay `i`.
@@ -129,12 +138,10 @@ async fn a_write_on_one_relay_reaches_clients_on_the_others() {
         let (_, _, snap) = Client::join(&mesh.relay(i).ws_url("space=room-3")).await;
         assert_eq!(snap, json!({"title": "hello room-3"}), "relay {i}");
     }
-    let (status, body) = mesh.relay(0).http_get("/v1/admin/shards").await;
-    assert_eq!(status, 200);
-    let shards: Value = serde_json::from_str(&body).unwrap();
+    let shards = mesh.relay(0).admin_shards().await;
     assert_eq!(shards["members"].as_object().unwrap().len(), 3);
     assert_eq!(shards["table"].as_array().unwrap().len(), 16);
-    assert!(shards["peers"].as_array().unwrap().iter().all(|p| p["connected"] == true), "{shards}");
+    mesh.relay(0).wait_peers_connected().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,6 +212,8 @@ async fn write_quorum_two_waits_for_a_second_owner() {
             "s3cret",
         ],
     );
+    // W = 2 needs another owner to acknowledge within 1 s: write once r1 reaches them.
+    mesh.wait_connected().await;
     let (mut w, _, _) = Client::join(&mesh.relay(0).ws_url("space=q")).await;
     w.send(json!({"type": "set", "key": "a", "value": 1})).await;
     assert_eq!(recv_set(&mut w, "a").await, json!(1));
@@ -218,6 +227,7 @@ async fn write_quorum_two_waits_for_a_second_owner() {
     // The write stayed applied here and reaches the owners once they are back.
     mesh.restart(1);
     mesh.restart(2);
+    mesh.wait_connected().await;
     w.send(json!({"type": "set", "key": "d", "value": 4})).await;
     assert_eq!(recv_set(&mut w, "d").await, json!(4));
     mesh.converged(&["q".to_string()], 3).await;
@@ -244,7 +254,7 @@ async fn a_member_added_through_the_membership_file_catches_up() {
         w.send(json!({"type": "set", "key": key, "value": i})).await;
         assert_eq!(recv_set(&mut w, &key).await, json!(i));
     }
-    std::fs::write(&file, format!("{}{}{}", line(0), line(1), line(2))).unwrap();
+    write_atomic(&file, format!("{}{}{}", line(0), line(1), line(2)));
     let r3 = Relay::start_member("r3", ports[2], &[], dirs[2].path(), &extra);
     // The newcomer owns the shard (R = 3 of 3) and fills itself by anti-entropy.
     let (r1, r3) = (&r1, &r3);
@@ -409,7 +419,7 @@ async fn an_edge_that_becomes_the_owner_logs_what_it_serves() {
     assert_eq!(recv_set(&mut c, "before").await, json!(1));
     assert_eq!(r1.admin_spaces().await[&space]["role"], "edge");
     // r2 leaves the membership: r1 owns everything now, and its cache becomes logged state.
-    std::fs::write(&file, line(0)).unwrap();
+    write_atomic(&file, line(0));
     let (r, name) = (&r1, &space);
     eventually("r1 never took the space over", || async move {
         let row = r.admin_spaces().await[name].clone();
@@ -446,7 +456,7 @@ async fn a_relay_removed_from_the_membership_hands_its_shards_over() {
         c.send(json!({"type": "set", "key": "k", "value": space})).await;
         assert_eq!(recv_set(&mut c, "k").await, json!(space));
     }
-    std::fs::write(&file, format!("{}{}", line(0), line(1))).unwrap();
+    write_atomic(&file, format!("{}{}", line(0), line(1)));
     // r3 leaves: it owns nothing, and reports when every owner has what it held.
     let r = &r3;
     eventually("r3 did not hand off", || async move {

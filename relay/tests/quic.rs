@@ -166,8 +166,10 @@ async fn a_stream_that_does_not_start_with_hello_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_only_listens_outlives_the_idle_timeout() {
     let dir = tempdir();
+    // An idle timeout well above a scheduling stall of this process, which would
+    // hold back the client's keep-alives (every 200 ms) and lose the connection.
     let relay =
-        Relay::start(dir.path(), &["--quic-listen", "127.0.0.1:0", "--idle-timeout", "1s", "--ping-interval", "200ms"]);
+        Relay::start(dir.path(), &["--quic-listen", "127.0.0.1:0", "--idle-timeout", "3s", "--ping-interval", "600ms"]);
     let ep = endpoint(&dir.path().join("quic-cert.pem"), b"aether/1");
     let conn = ep.connect(relay.quic.unwrap(), "localhost").unwrap().await.unwrap();
     let mut control = Stream::open(&conn).await;
@@ -177,7 +179,7 @@ async fn a_stream_that_only_listens_outlives_the_idle_timeout() {
     listen.subscribe("quiet").await;
     // Wall time must pass here: the stream sends nothing for 2.5 idle timeouts
     // (the connection itself stays alive through QUIC keep-alives).
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(7500)).await;
     let (mut writer, _, _) = Client::join(&relay.ws_url("space=quiet")).await;
     writer.send(serde_json::json!({"type": "set", "key": "k", "value": 1})).await;
     match listen.recv().await {

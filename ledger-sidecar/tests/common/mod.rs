@@ -21,6 +21,10 @@ pub fn ledger_bin() -> &'static str {
     env!("CARGO_BIN_EXE_aether-ledger")
 }
 
+/// How long moto may take to answer after its start: a Python server with
+/// many imports, far slower to start than our binaries on a loaded machine.
+const MOTO_START_DEADLINE: Duration = Duration::from_secs(60);
+
 /// A moto S3 server on a free loopback port, with one bucket. Killed on drop.
 pub struct Moto {
     child: Child,
@@ -39,7 +43,7 @@ impl Moto {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {bin} (pip install 'moto[server]'; .ci/run does): {e}"));
         let moto = Moto { child, port };
-        let until = std::time::Instant::now() + DEADLINE;
+        let until = std::time::Instant::now() + MOTO_START_DEADLINE;
         while http(port, "GET", "/", b"").map(|(s, _)| s) != Some(200) {
             assert!(std::time::Instant::now() < until, "moto_server did not answer on port {port}");
             std::thread::sleep(Duration::from_millis(100));

@@ -167,11 +167,22 @@ impl Relay {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM and wait for a clean exit; returns the exit status.
+    /// SIGTERM and wait (at most [`DEADLINE`]) for the exit; returns the exit
+    /// status. A relay still running then is killed and the test fails.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("kill -TERM");
-        self.child.wait().expect("wait for relay")
+        let until = std::time::Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for relay") {
+                return status;
+            }
+            if std::time::Instant::now() >= until {
+                self.kill();
+                panic!("relay {pid} did not exit within {DEADLINE:?} of SIGTERM (killed it)");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// `GET /v1/admin/spaces`: space name → its JSON row (role, shard, entries, digest).
@@ -181,6 +192,29 @@ impl Relay {
         let v: Value = serde_json::from_str(&body).expect("admin JSON");
         let rows = v["spaces"].as_array().expect("spaces array");
         rows.iter().map(|s| (s["space"].as_str().expect("name").to_string(), s.clone())).collect()
+    }
+
+    /// `GET /v1/admin/shards` as JSON (members, table, peers, ...).
+    pub async fn admin_shards(&self) -> Value {
+        let (status, body) = self.http_get("/v1/admin/shards").await;
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("admin JSON")
+    }
+
+    /// Waits until this mesh member's replication streams to all its peers
+    /// are open (`/v1/admin/shards` reports each peer `connected`): a peer
+    /// that just started is reached only after the stream's reconnect backoff.
+    pub async fn wait_peers_connected(&self) {
+        eventually("replication streams to every peer", || async {
+            let shards = self.admin_shards().await;
+            let peers = shards["peers"].as_array().cloned().unwrap_or_default();
+            if !peers.is_empty() && peers.iter().all(|p| p["connected"] == true) {
+                Ok(())
+            } else {
+                Err(shards["peers"].to_string())
+            }
+        })
+        .await
     }
 
     /// GET a path over plain HTTP/1.1, returning (status, body).
@@ -329,6 +363,15 @@ pub fn relay_bin() -> PathBuf {
     let bin = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").join("aether-relay");
     assert!(bin.is_file(), "{} is missing: build it first (cargo build -p aether-relay)", bin.display());
     bin
+}
+
+/// Replaces `path` with `contents` atomically (a temporary file beside it,
+/// then a rename), so a relay polling the file never reads it half written.
+pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) {
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, contents).expect("write the temporary file");
+    std::fs::rename(&tmp, path).expect("rename it into place");
 }
 
 /// A fresh temporary directory.
