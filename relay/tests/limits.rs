@@ -353,9 +353,18 @@ async fn health_readiness_and_metrics() {
         assert!(body.contains(needle), "missing {needle} in\n{body}");
     }
     assert_eq!(relay.http_get("/nope").await.0, 404);
+    // The dev pages and the browser client (the browser suites in browser.rs use them).
     let (status, page) = relay.http_get("/").await;
     assert_eq!(status, 200);
+    assert!(page.contains("topology"), "{page}");
+    let (status, page) = relay.http_get("/demos/counter.html").await;
+    assert_eq!(status, 200);
     assert!(page.contains("/ws?space="));
+    let (status, client) = relay.http_get("/client/aether.js").await;
+    assert_eq!(status, 200);
+    assert!(client.contains("export class Aether"));
+    // Only plain paths into the embedded files.
+    assert_eq!(relay.http_get("/demos/../Cargo.toml").await.0, 404);
 }
 
 #[tokio::test]
