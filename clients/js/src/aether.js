@@ -50,6 +50,8 @@ export class Aether {
   #queued = new Map();
   /** Sent writes awaiting their ack: id → ops. */
   #inflight = new InFlight();
+  /** Ops restored from storage at start: if another live tab holds the actor, they are its. */
+  #adopted = new Set();
   /** Local ops not yet persisted nor told to other tabs (see `update`). */
   #written = new Set();
   /** @type {Map<string, Entry>} */ #view = new Map();
@@ -77,8 +79,10 @@ export class Aether {
   };
   /** Hidden tabs may be frozen or discarded without a pagehide: save now. */
   #onVisibility = () => {
-    if (typeof document !== "undefined" && document.visibilityState === "hidden") this.#saveAll(false);
-    else if (!this.#closed) this.#store.renewLease();
+    if (this.#closed) return;
+    const hidden = typeof document !== "undefined" && document.visibilityState === "hidden";
+    if (hidden) this.#saveAll(false);
+    this.#store.setHidden(hidden);
   };
   /** Back from the back-forward cache: take the actor's lease again. */
   #onPageShow = (e) => {
@@ -97,6 +101,18 @@ export class Aether {
       client: options.client ?? "aether.js",
     };
     this.space = options.space;
+    // First what can throw (a bad relay URL), then what takes locks, timers and listeners.
+    this.#conn = new Connection(relays, this.#opts, {
+      ready: () => this.#store.ready, // never send as an actor another live tab holds
+      open: () => {
+        this.#helloAt = Date.now();
+        this.#conn.send({ hello: { version: 1, actor: this.actor, client: this.#opts.client, ...(this.#opts.token ? { token: this.#opts.token } : {}) } });
+      },
+      frame: (frame) => this.#onFrame(frame),
+      closed: () => this.#disconnected(),
+      status: (s) => this.#emit("status", s),
+      error: (code, message) => this.#emit("error", { code, message, keys: [] }),
+    });
     const prefix = `aether/v1/${this.space}`;
     const storage = options.storage === undefined ? defaultStorage() : options.storage;
     this.#store = new Persistence(storage, prefix, (message) => this.#emit("error", { code: "storage", message, keys: [] }));
@@ -112,17 +128,6 @@ export class Aether {
       addEventListener("pageshow", this.#onPageShow);
       addEventListener("visibilitychange", this.#onVisibility);
     }
-    this.#conn = new Connection(relays, this.#opts, {
-      ready: () => this.#store.ready, // never send as an actor another live tab holds
-      open: () => {
-        this.#helloAt = Date.now();
-        this.#conn.send({ hello: { version: 1, actor: this.actor, client: this.#opts.client, ...(this.#opts.token ? { token: this.#opts.token } : {}) } });
-      },
-      frame: (frame) => this.#onFrame(frame),
-      closed: () => this.#disconnected(),
-      status: (s) => this.#emit("status", s),
-      error: (code, message) => this.#emit("error", { code, message, keys: [] }),
-    });
     this.#conn.start();
   }
 
@@ -227,6 +232,7 @@ export class Aether {
     }
     this.#saveAll(false);
     this.#store.release({ stop: true });
+    this.#post({ t: "gone", actor: this.actor });
     this.#channel?.close();
     this.#setPeers(() => this.#peers.clear());
     this.#conn.close();
@@ -366,6 +372,7 @@ export class Aether {
         // Stamps made on a clock far ahead (before this welcome, or restored) would be refused
         // as future-stamp: continue as a new actor on the corrected clock, re-stamping them.
         const maxSkew = BigInt(f.maxSkewNs ?? "60000000000");
+        this.#clock.maxAheadNs = maxSkew;
         if (this.#clock.last.w > relayNs + maxSkew) return this.#switchActor(true, "the clock was ahead of the relay's");
         const sub = { space: this.space, presence: true };
         if (this.#resume) Object.assign(sub, { epoch: this.#resume.epoch, seq: this.#resume.seq });
@@ -374,6 +381,7 @@ export class Aether {
       }
       case "catchup": {
         if (f.space !== this.space) break;
+        this.#conn.progress();
         for (const op of f.ops ?? []) this.#applyRemote(op);
         if (f.done) {
           this.#resume = typeof f.epoch === "string" && f.epoch !== "" ? { epoch: f.epoch, seq: f.seq ?? "0" } : null;
@@ -553,11 +561,13 @@ export class Aether {
   }
 
   /**
-   * Continues as a new actor. `keep`: this client's unacknowledged ops are
-   * re-stamped as the new actor's (they were refused as ahead of the relay's
-   * clock, so they never applied anywhere; lowering stamps under the old actor
-   * could repeat one). Otherwise the old actor is another live tab's: its ops
-   * loaded here are that tab's to send, and stay visible as the tab's.
+   * Continues as another actor. `keep`: the clock was ahead, so this client's
+   * unacknowledged ops were (or would be) refused as future-stamp and never
+   * applied anywhere; they are re-stamped as the new actor's (lowering stamps
+   * under the old actor could repeat one). Otherwise another live tab holds
+   * the old actor: the ops restored from its outbox at start are that tab's to
+   * send (they stay visible as the tab's), and ops written here since are
+   * re-stamped. Other tabs hear of the new stamps and forget the old ones.
    */
   #switchActor(keep, why) {
     if (this.#closed) return;
@@ -570,23 +580,37 @@ export class Aether {
     this.#queued = new Map();
     const clock = new Clock(this.#store.claimNew(keep));
     clock.offsetNs = this.#clock.offsetNs;
+    clock.maxAheadNs = this.#clock.maxAheadNs;
+    for (const e of this.#confirmed.values()) clock.observe(e.s);
     this.#clock = clock;
     this.actor = clock.actor.toString();
+    const undo = [];
     for (const op of newest.values()) {
-      if (keep) this.#queued.set(op.key, { key: op.key, v: op.v, s: clock.now() });
-      else this.#tab.set(op.key, newer(this.#tab.get(op.key), { v: op.v, s: op.s }));
-      this.#show(op.key, keep ? "local" : "tab");
+      if (!keep && this.#adopted.has(op)) {
+        this.#tab.set(op.key, newer(this.#tab.get(op.key), { v: op.v, s: op.s }));
+        this.#show(op.key, "tab");
+        continue;
+      }
+      undo.push([op.key, toWire(op.s)]);
+      const mine = { key: op.key, v: op.v, s: clock.now() };
+      this.#queued.set(op.key, mine);
+      if (this.#written.size === 0) queueMicrotask(() => this.#afterWrites());
+      this.#written.add(mine);
+      this.#show(op.key, "local");
     }
+    this.#adopted.clear();
+    if (undo.length > 0) this.#post({ t: "undo", keys: undo });
     if (keep) this.#store.dropOutbox(old);
     this.#saveOutbox();
+    this.#checkSynced();
     this.#emit("error", { code: "actor", message: `continuing as a new actor: ${why}`, keys: [] });
-    this.#conn.drop(why); // reconnect: the hello names the actor
+    this.#conn.restart(why); // the hello names the actor
   }
 
   // ------------------------------------------------------------ persistence (persist.js)
 
   #load() {
-    const { entries, resume } = this.#store.loadState();
+    const { entries, resume, offsetNs: spaceOffset } = this.#store.loadState();
     for (const [key, entry] of entries) {
       this.#confirmed.set(key, entry);
       this.#view.set(key, entry);
@@ -594,12 +618,14 @@ export class Aether {
     }
     this.#resume = resume;
     const { last, offsetNs, ops } = this.#store.loadOutbox(this.#clock.actor);
-    if (last) this.#clock.observe(last);
-    this.#clock.offsetNs = offsetNs;
+    if (last) this.#clock.restore(last);
+    // The last offset a relay gave this space's tabs, or this actor's: offline writes start corrected.
+    this.#clock.offsetNs = spaceOffset ?? offsetNs;
     for (const op of ops) {
       const had = this.#queued.get(op.key);
       if (!had || cmp(op.s, had.s) > 0) this.#queued.set(op.key, op);
     }
+    for (const op of this.#queued.values()) this.#adopted.add(op);
     for (const key of this.#queued.keys()) this.#show(key, "local");
   }
 
@@ -613,7 +639,7 @@ export class Aether {
     if (!this.#store.enabled || this.#saveTimer) return;
     this.#saveTimer = setTimeout(() => {
       this.#saveTimer = null;
-      this.#store.saveState(this.#confirmed, this.#resume);
+      this.#store.saveState(this.#confirmed, this.#resume, this.#clock.offsetNs);
     }, SAVE_STATE_EVERY_MS);
   }
 
@@ -622,7 +648,7 @@ export class Aether {
     if (!this.#store.enabled) return;
     clearTimeout(this.#saveTimer);
     this.#saveTimer = null;
-    this.#store.saveState(this.#confirmed, this.#resume);
+    this.#store.saveState(this.#confirmed, this.#resume, this.#clock.offsetNs);
     this.#saveOutbox();
     if (release) this.#store.release();
   }

@@ -26,6 +26,8 @@ export class Connection {
   #failures = 0;
   #onlineAt = 0;
   #closed = false;
+  /** The next reconnect is on purpose (`restart`): same relay, no failure counted. */
+  #restarting = false;
   #timers = { reconnect: null, connect: null, ping: null, pong: null };
 
   /**
@@ -61,6 +63,23 @@ export class Connection {
   welcomed() {
     this.#url = this.#attempting;
     this.#schedulePing();
+  }
+
+  /** A catchup chunk came: the attempt is making progress, give it another timeout. */
+  progress() {
+    const ws = this.#ws;
+    if (!ws || this.#status === "online") return;
+    clearTimeout(this.#timers.connect);
+    this.#timers.connect = setTimeout(() => {
+      if (this.#ws === ws && this.#status !== "online") this.drop(`no catchup progress within ${CONNECT_TIMEOUT_MS} ms`);
+    }, CONNECT_TIMEOUT_MS);
+  }
+
+  /** Reconnects to the same relay at once, counting no failure (e.g. to hello as another actor). */
+  restart(why) {
+    if (!this.#ws) return;
+    this.#restarting = true;
+    this.drop(why);
   }
 
   /** Caught up: live. */
@@ -177,10 +196,17 @@ export class Connection {
     clearTimeout(this.#timers.pong);
     this.#on.closed(wasOnline);
     if (this.#closed) return;
-    // A connection that was live is tried once more (the nearest relay comes first in the
-    // list); one that never got there, or just did, gives way to the next relay.
-    if (!wasOnline || this.#failures > 0) this.#endpoint = (this.#endpoint + 1) % Math.max(1, this.#urls.length);
+    if (this.#restarting) {
+      this.#restarting = false;
+      this.#setStatus("offline");
+      clearTimeout(this.#timers.reconnect);
+      this.#timers.reconnect = setTimeout(() => this.#connect(), 0);
+      return;
+    }
+    // A connection that was live (long enough) is tried once more: the nearest relay comes
+    // first in the list. One that never got there, or keeps dropping, gives way to the next.
     if (stable) this.#failures = 0;
+    if (!wasOnline || this.#failures > 0) this.#endpoint = (this.#endpoint + 1) % Math.max(1, this.#urls.length);
     this.#retry();
   }
 

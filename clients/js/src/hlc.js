@@ -29,15 +29,27 @@ export class Clock {
   constructor(actor, last) {
     this.actor = actor;
     this.last = last ?? { w: 0n, c: 0, a: actor };
+    /** Added to this machine's clock: the relay's clock minus ours, once a relay said. */
     this.offsetNs = 0n;
+    /** How far ahead of the (corrected) clock a stamp seen elsewhere may pull this one. */
+    this.maxAheadNs = 60_000_000_000n;
   }
   now() {
     const wall = BigInt(Date.now()) * MS + this.offsetNs;
     this.last = wall > this.last.w ? { w: wall, c: 0, a: this.actor } : { w: this.last.w, c: this.last.c + 1, a: this.actor };
     return this.last;
   }
-  /** Moves past a stamp seen from elsewhere, so the next local write orders after it. */
+  /**
+   * Moves past a stamp seen from elsewhere, so the next local write orders after it;
+   * not past what relays would accept (a stamp from a clock far ahead is not followed).
+   */
   observe(s) {
+    if (s.w > BigInt(Date.now()) * MS + this.offsetNs + this.maxAheadNs) return;
+    this.restore(s);
+  }
+
+  /** Moves past this actor's own last stamp (restored from storage), however far ahead: stamps never repeat. */
+  restore(s) {
     if (s.w > this.last.w || (s.w === this.last.w && s.c > this.last.c)) this.last = { w: s.w, c: s.c, a: this.actor };
   }
 }

@@ -23,6 +23,12 @@ import { randomActor } from "./hlc.js";
 /** How long a tab's claim on an actor id lasts without renewal. */
 const LEASE_MS = 10_000;
 const LEASE_RENEW_MS = 3_000;
+/** A hidden tab's timers may be throttled to one a minute: its lease is written for longer. */
+const HIDDEN_LEASE_MS = 10 * 60_000;
+/** Listed actors kept beyond those in use or with unsent writes. */
+const MAX_IDLE_ACTORS = 16;
+/** How long a tab waits for its actor's lock before taking another actor. */
+const LOCK_WAIT_MS = 1_000;
 const U64 = 1n << 64n;
 const TOP_BIT = 1n << 63n;
 
@@ -58,6 +64,13 @@ function isActor(a) {
 }
 
 const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+/** A stored stamp's parts, range-checked (a corrupt one would make every write a bad frame). */
+function stamp(w, c, a) {
+  const wall = BigInt(w);
+  const counter = Number(c);
+  if (wall < 0n || wall >= U64 || !Number.isInteger(counter) || counter < 0 || counter > 0xffffffff) throw new RangeError("stamp out of range");
+  return { w: wall, c: counter, a };
+}
 const leaseUntil = (l) => (typeof l === "number" ? l : isObject(l) ? Number(l.u) || 0 : 0);
 
 export class Persistence {
@@ -70,6 +83,10 @@ export class Persistence {
   #owner = Math.random().toString(36).slice(2);
   #locked = false;
   #unlock = null;
+  #stopped = false;
+  #hidden = false;
+  /** Actors this tab tried and found held by another tab. */
+  #taken = new Set();
   /** Settles once the actor's lock is known to be held (or cannot be had, or locks are missing). */
   ready = Promise.resolve();
 
@@ -131,12 +148,23 @@ export class Persistence {
     return id;
   }
 
-  /** A fresh actor for this tab; `releaseOld` frees the previous one (else it is another tab's). */
+  /**
+   * Another actor for this tab: `releaseOld` frees the previous one (else another tab holds
+   * it); a listed free actor without unsent writes if there is one, or a new one.
+   */
   claimNew(releaseOld) {
     if (releaseOld) this.release();
+    else if (this.#actor) this.#taken.add(this.#actor);
     this.#unlock?.();
-    const id = randomActor();
-    if (this.#storage) this.#hold(id);
+    this.#unlock = null;
+    if (!this.#storage) return randomActor();
+    const leases = this.#leases();
+    const now = Date.now();
+    const reuse = Object.keys(leases).find(
+      (a) => isActor(a) && a !== this.#actor && !this.#taken.has(a) && !(leaseUntil(leases[a]) > now) && this.loadOutbox(BigInt(a)).ops.length === 0,
+    );
+    const id = reuse ? BigInt(reuse) : randomActor();
+    this.#hold(id);
     return id;
   }
 
@@ -157,31 +185,53 @@ export class Persistence {
   #lock(actor) {
     const locks = webLocks();
     if (!locks) return Promise.resolve();
+    // Wait a little for the lock: a reloaded page's predecessor, or a client closed a moment
+    // ago in this tab, may still hold it; a live tab holds it for good.
+    const signal = typeof AbortSignal !== "undefined" && AbortSignal.timeout ? AbortSignal.timeout(LOCK_WAIT_MS) : undefined;
+    const taken = () => {
+      if (!this.#stopped && this.#actor === actor) this.#onTaken?.();
+    };
     return new Promise((settled) => {
       locks
-        .request(`${this.#prefix}/actor/${actor}`, { ifAvailable: true }, (lock) => {
+        .request(`${this.#prefix}/actor/${actor}`, signal ? { signal } : { ifAvailable: true }, (lock) => {
           settled();
-          if (this.#actor !== actor) return undefined;
+          if (this.#stopped || this.#actor !== actor) return undefined; // closed or moved on meanwhile
           if (!lock) {
-            this.#onTaken?.();
+            taken();
             return undefined;
           }
           this.#locked = true;
           return new Promise((release) => { this.#unlock = release; });
         })
-        .catch(() => settled());
+        .catch(() => {
+          settled();
+          taken(); // the wait ran out: another live tab holds it
+        });
     });
   }
 
   #writeLease() {
     const leases = this.#leases();
-    leases[this.#actor] = { u: Date.now() + LEASE_MS, o: this.#owner };
+    const now = Date.now();
+    leases[this.#actor] = { u: now + (this.#hidden ? HIDDEN_LEASE_MS : LEASE_MS), o: this.#owner };
+    // Forget the oldest idle actors (free, nothing unsent) beyond a few.
+    const idle = Object.keys(leases).length <= MAX_IDLE_ACTORS + 1 ? [] : Object.keys(leases).filter((a) => a !== this.#actor && !(leaseUntil(leases[a]) > now) && (!isActor(a) || this.loadOutbox(BigInt(a)).ops.length === 0));
+    for (const a of idle.slice(0, Math.max(0, idle.length - MAX_IDLE_ACTORS))) {
+      delete leases[a];
+      if (isActor(a)) this.dropOutbox(a);
+    }
     this.#write(`${this.#prefix}/actors`, leases);
+  }
+
+  /** The page was hidden or shown: a hidden tab's lease lasts longer (its timers slow down). */
+  setHidden(hidden) {
+    this.#hidden = hidden;
+    this.renewLease();
   }
 
   /** Renews the lease, unless another tab took the actor meanwhile (a throttled or frozen tab's lease expires). */
   renewLease() {
-    if (!this.#storage || !this.#actor) return;
+    if (!this.#storage || !this.#actor || this.#stopped) return;
     const held = this.#leases()[this.#actor];
     if (!this.#locked && isObject(held) && held.o !== this.#owner && leaseUntil(held) > Date.now()) {
       this.#onTaken?.();
@@ -192,31 +242,42 @@ export class Persistence {
 
   /** Frees the actor (listed, for a reload or a new tab to take with any unsent writes); `stop` also ends renewals and the lock. */
   release({ stop = false } = {}) {
+    const actor = this.#actor;
     if (stop) {
+      this.#stopped = true;
+      this.#actor = null;
       clearInterval(this.#leaseTimer);
       this.#unlock?.();
       this.#unlock = null;
       this.#locked = false;
     }
-    if (!this.#storage || !this.#actor) return;
+    if (!this.#storage || !actor) return;
     const leases = this.#leases();
-    const held = leases[this.#actor];
+    const held = leases[actor];
     if (isObject(held) && held.o !== this.#owner && leaseUntil(held) > Date.now()) return; // not ours any more
-    leases[this.#actor] = { u: 0, o: this.#owner };
+    leases[actor] = { u: 0, o: this.#owner };
     this.#write(`${this.#prefix}/actors`, leases);
   }
 
-  /** `{entries: [[key, Entry]], resume}`; damaged rows are skipped (the relay's catchup brings them back). */
+  /** `{entries: [[key, Entry]], resume, offsetNs}`; damaged rows are skipped (the relay's catchup brings them back). */
   loadState() {
     const state = this.#read(`${this.#prefix}/state`);
     const entries = [];
     let resume = null;
+    let offsetNs = null;
     if (isObject(state) && state.v === 1 && Array.isArray(state.entries)) {
+      try {
+        if (typeof state.off === "string" && /^-?\d{1,20}$/.test(state.off)) offsetNs = BigInt(state.off);
+      } catch {
+        offsetNs = null;
+      }
       for (const row of state.entries) {
         try {
           const [key, text, w, c, a] = row;
           if (typeof key !== "string" || key === "") continue;
-          entries.push([key, { v: text === null ? undefined : JSON.parse(text), s: { w: BigInt(w), c: Number(c) >>> 0, a: BigInt(a) } }]);
+          const actor = BigInt(a);
+          if (actor < 0n || actor >= U64) continue;
+          entries.push([key, { v: text === null ? undefined : JSON.parse(text), s: stamp(w, c, actor) }]);
         } catch {
           // skip it
         }
@@ -226,14 +287,15 @@ export class Persistence {
         resume = { epoch: r.epoch, seq: String(r.seq ?? "0") };
       }
     }
-    return { entries, resume };
+    return { entries, resume, offsetNs };
   }
 
-  saveState(confirmed, resume) {
+  /** The confirmed entries, the resume point and the clock offset (shared by the space's tabs). */
+  saveState(confirmed, resume, offsetNs) {
     if (!this.#storage) return;
     const entries = [];
     for (const [key, e] of confirmed) entries.push([key, e.v === undefined ? null : JSON.stringify(e.v), e.s.w.toString(), e.s.c, e.s.a.toString()]);
-    this.#write(`${this.#prefix}/state`, { v: 1, entries, resume });
+    this.#write(`${this.#prefix}/state`, { v: 1, entries, resume, off: offsetNs.toString() });
   }
 
   /** `{last, offsetNs, ops}` of an actor: its clock's last stamp and offset, and its unacknowledged ops (`{key, v, s}`). */
@@ -244,8 +306,8 @@ export class Persistence {
     let offsetNs = 0n;
     if (!isObject(outbox) || !Array.isArray(outbox.ops)) return { last, offsetNs, ops };
     try {
-      if (Array.isArray(outbox.last)) last = { w: BigInt(outbox.last[0]), c: Number(outbox.last[1]) >>> 0, a: actor };
-      if (typeof outbox.off === "string") offsetNs = BigInt(outbox.off);
+      if (Array.isArray(outbox.last)) last = stamp(outbox.last[0], outbox.last[1], actor);
+      if (typeof outbox.off === "string" && /^-?\d{1,20}$/.test(outbox.off)) offsetNs = BigInt(outbox.off);
     } catch {
       last = null;
     }
@@ -253,7 +315,7 @@ export class Persistence {
       try {
         const [key, text, w, c] = row;
         if (typeof key !== "string" || key === "") continue;
-        ops.push({ key, v: text === null ? undefined : JSON.parse(text), s: { w: BigInt(w), c: Number(c) >>> 0, a: actor } });
+        ops.push({ key, v: text === null ? undefined : JSON.parse(text), s: stamp(w, c, actor) });
       } catch {
         // skip a damaged row
       }

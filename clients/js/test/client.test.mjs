@@ -367,4 +367,55 @@ describe("browser client", () => {
       await relay.close();
     }
   });
+
+  test("a duplicated tab gets its own actor; a client closed and reopened in a tab gets its actor back", async () => {
+    const relay = await Relay.start();
+    await clientFrom(relay);
+    const space = uniqueSpace("actors");
+    const url = pageUrl(relay.http, space, relay.ws);
+    const one = await profile();
+    try {
+      const a = await openPage(one, url);
+      await online(a);
+      const actor = await a.evaluate(() => window.aether.actor);
+      await a.evaluate(() => window.aether.set("from", "A"));
+      // A duplicated tab starts with a copy of the original's sessionStorage, naming its actor.
+      const dup = await one.newPage();
+      dup.errors = [];
+      await dup.addInitScript(([key, value]) => sessionStorage.setItem(key, value), [`aether/v1/${space}/actors`, actor]);
+      await dup.goto(url);
+      await online(dup);
+      const dupActor = await dup.evaluate(() => window.aether.actor);
+      assert.notEqual(dupActor, actor, "the original holds its actor: the duplicate takes another");
+      await dup.evaluate(() => window.aether.set("from", "the duplicate"));
+      await waitValue(a, "from", "the duplicate");
+      await a.evaluate(() => window.aether.set("again", "A"));
+      await waitValue(dup, "again", "A");
+      for (const p of [a, dup]) await p.evaluate(() => window.aether.synced());
+
+      // React's StrictMode mounts, unmounts and mounts again: the second client is this tab's.
+      const reopened = await a.evaluate(async ([relays, sp]) => {
+        const { Aether } = await import("/__test/lib/aether.js");
+        const first = new Aether(relays, { space: sp + "-strict" });
+        first.close();
+        const second = new Aether(relays, { space: sp + "-strict" });
+        second.set("strict", "kept");
+        await new Promise((ok) => (second.status === "online" ? ok() : second.onStatus((st) => st === "online" && ok())));
+        await second.synced();
+        const same = first.actor === second.actor;
+        second.close();
+        const check = new Aether(relays, { space: sp + "-strict", storage: null });
+        await new Promise((ok) => check.onStatus((st) => st === "online" && ok()));
+        const value = check.get("strict");
+        check.close();
+        return { same, value };
+      }, [relay.ws, space]);
+      assert.deepEqual(reopened, { same: true, value: "kept" });
+      assert.deepEqual(a.errors, []);
+      assert.deepEqual(dup.errors, []);
+    } finally {
+      await one.close();
+      await relay.close();
+    }
+  });
 });
