@@ -39,7 +39,8 @@ fn browser_client_and_demos_in_chromium() {
     suites.sort();
     assert!(suites.len() >= 4, "the client, React and demo suites: {suites:?}");
     let out = Command::new("node")
-        .args(["--test", "--test-concurrency=1", "--test-reporter=spec"])
+        // A hung test fails (after 5 minutes) instead of hanging the run.
+        .args(["--test", "--test-concurrency=1", "--test-reporter=spec", "--test-timeout=300000"])
         .args(&suites)
         .current_dir(&dir)
         .env("AETHER_RELAY_BIN", env!("CARGO_BIN_EXE_aether-relay"))

@@ -5,7 +5,7 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { Relay, fixture, launchBrowser, openPage, tempDir, uniqueSpace, waitFor } from "./harness.mjs";
+import { DEADLINE, Relay, fixture, launchBrowser, openPage, tempDir, uniqueSpace, waitFor } from "./harness.mjs";
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>aether.js test page</title>
 <script type="module">
@@ -222,7 +222,11 @@ describe("browser client", () => {
       hold = true;
       await a.evaluate(() => window.aether.set("race", "from A"));
       await waitFor(a, () => window.aether.pending === 1, null, "A's write pending");
-      while (held.length === 0) await new Promise((r) => setTimeout(r, 10));
+      const until = Date.now() + DEADLINE;
+      while (held.length === 0) {
+        assert.ok(Date.now() < until, "A's write never reached the socket");
+        await new Promise((r) => setTimeout(r, 10));
+      }
       await new Promise((r) => setTimeout(r, 20)); // B writes later on the wall clock
       await b.evaluate(() => window.aether.set("race", "from B"));
       await b.evaluate(() => window.aether.synced());
