@@ -156,9 +156,9 @@ describe("browser client", () => {
       await waitFor(a, () => window.aether.status !== "online", null, "A offline");
       await waitFor(b, () => window.aether.status !== "online", null, "B offline");
       // A edits offline: x (which B will then edit again, later), y (only A), z (newer than B's).
-      await a.evaluate(() => window.aether.update({ x: "offline A", y: "only A", z: "newer from A" }));
+      const editedAt = await a.evaluate(() => { window.aether.update({ x: "offline A", y: "only A", z: "newer from A" }); return Date.now(); });
       assert.equal(await a.evaluate(() => window.aether.pending), 3);
-      await new Promise((r) => setTimeout(r, 20)); // B's edit must be later on the wall clock
+      await waitFor(b, (t) => Date.now() > t, editedAt, "B's clock past A's edit"); // B's edit is later
       await b.evaluate(() => window.aether.set("x", "newer from B"));
 
       // A reload while still offline: the edits are there, unsent, with the same actor.
@@ -220,14 +220,14 @@ describe("browser client", () => {
       await online(b);
 
       hold = true;
-      await a.evaluate(() => window.aether.set("race", "from A"));
+      const raceAt = await a.evaluate(() => { window.aether.set("race", "from A"); return Date.now(); });
       await waitFor(a, () => window.aether.pending === 1, null, "A's write pending");
       const until = Date.now() + DEADLINE;
       while (held.length === 0) {
         assert.ok(Date.now() < until, "A's write never reached the socket");
         await new Promise((r) => setTimeout(r, 10));
       }
-      await new Promise((r) => setTimeout(r, 20)); // B writes later on the wall clock
+      await waitFor(b, (t) => Date.now() > t, raceAt, "B's clock past A's write"); // B writes later
       await b.evaluate(() => window.aether.set("race", "from B"));
       await b.evaluate(() => window.aether.synced());
       hold = false;
