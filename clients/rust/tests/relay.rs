@@ -114,8 +114,11 @@ async fn a_wrong_token_is_refused_and_an_unreachable_list_names_every_endpoint()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_relay_fails_over_and_loses_or_duplicates_nothing() {
     let (mut r1, r2, _dirs) = pair(&[]);
-    // No hedging: a slow fsync at r1 must not get a write acknowledged by r2 first.
-    let config = fast(ClientConfig::new([ws(&r1), ws(&r2)])).hedge_delay(None);
+    // No hedging: a slow fsync at r1 must not get a write acknowledged by r2 first; nor a
+    // slow first dial to r1 a session with r2 (a dead r1 refuses at once, so failover is
+    // not slowed by the long dial hedge).
+    let mut config = fast(ClientConfig::new([ws(&r1), ws(&r2)])).hedge_delay(None);
+    config.dial_hedge_delay = Duration::from_secs(60);
     let writer = within(Client::connect(config)).await.unwrap();
     let reader = within(Client::connect(fast(ClientConfig::new([ws(&r1), ws(&r2)])))).await.unwrap();
     let (sw, sr) = (writer.space("s").unwrap(), reader.space("s").unwrap());
