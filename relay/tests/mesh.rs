@@ -267,8 +267,7 @@ async fn a_member_added_through_the_membership_file_catches_up() {
         if owns && body == reference { Ok(()) } else { Err(format!("{body} vs {reference}")) }
     })
     .await;
-    let (_, shards) = r1.http_get("/v1/admin/shards").await;
-    let shards: Value = serde_json::from_str(&shards).unwrap();
+    let shards = r1.admin_shards().await;
     assert_eq!(shards["members"].as_object().unwrap().len(), 3, "r1 picked up the file change");
 }
 
@@ -381,8 +380,7 @@ async fn relays_replicate_over_mutual_tls_and_refuse_a_foreign_ca() {
         if a == b && a.contains("secure") { Ok(()) } else { Err(format!("{a} vs {b}")) }
     })
     .await;
-    let (_, shards) = r1.http_get("/v1/admin/shards").await;
-    let shards: Value = serde_json::from_str(&shards).unwrap();
+    let shards = r1.admin_shards().await;
     let connected: BTreeMap<String, bool> = shards["peers"]
         .as_array()
         .unwrap()
@@ -460,13 +458,12 @@ async fn a_relay_removed_from_the_membership_hands_its_shards_over() {
     // r3 leaves: it owns nothing, and reports when every owner has what it held.
     let r = &r3;
     eventually("r3 did not hand off", || async move {
-        let (_, body) = r.http_get("/v1/admin/shards").await;
-        let v: Value = serde_json::from_str(&body).unwrap();
+        let v = r.admin_shards().await;
         let done = v["in_membership"] == false
             && v["owned"].as_array().unwrap().is_empty()
             && v["handoff"]["held_shards"].as_u64().unwrap_or(0) > 0
             && v["handoff"]["pending_shards"] == 0;
-        if done { Ok(()) } else { Err(body) }
+        if done { Ok(()) } else { Err(v.to_string()) }
     })
     .await;
     r3.kill();

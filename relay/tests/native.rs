@@ -217,8 +217,7 @@ async fn the_loser_of_a_concurrent_write_through_an_edge_is_told_what_won() {
     let r1 = Relay::start_member("r1", ports[0], &peer(1), dirs[0].path(), &extra);
     let r2 = Relay::start_member("r2", ports[1], &peer(0), dirs[1].path(), &extra);
     // A space only r1 owns: r2 serves it as an edge.
-    let (_, body) = r1.http_get("/v1/admin/shards").await;
-    let shards: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let shards = r1.admin_shards().await;
     let owned: Vec<u64> = shards["owned"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
     let space = (0..)
         .map(|i| format!("race-{i}"))
