@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 
 use crate::gateway::GatewayCtx;
 
@@ -24,8 +25,9 @@ pub async fn asset(State(ctx): State<Arc<GatewayCtx>>, method: Method, uri: Uri)
     }
     let found = ASSETS.iter().find(|(url, _, _)| *url == path).map(|&(_, source, bytes)| (source.to_owned(), bytes));
     let body = match &ctx.web_assets_dir {
+        // Embedded: served without a copy.
         None => match &found {
-            Some((_, bytes)) => bytes.to_vec(),
+            Some((_, bytes)) => Bytes::from_static(bytes),
             None => return not_found(),
         },
         // From the checkout: also files added since the build.
@@ -34,11 +36,11 @@ pub async fn asset(State(ctx): State<Arc<GatewayCtx>>, method: Method, uri: Uri)
                 return not_found();
             };
             match tokio::fs::read(dir.join(&source)).await {
-                Ok(bytes) => bytes,
+                Ok(bytes) => Bytes::from(bytes),
                 Err(e) => match &found {
                     Some((_, bytes)) => {
                         tracing::warn!(path = %dir.join(&source).display(), error = %e, "--web-assets-dir: serving the built-in copy");
-                        bytes.to_vec()
+                        Bytes::from_static(bytes)
                     }
                     None => return not_found(),
                 },
