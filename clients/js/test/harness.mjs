@@ -9,6 +9,7 @@ import { existsSync, mkdtempSync, mkdirSync, rmSync } from "node:fs";
 import { homedir, tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { after, before } from "node:test";
 import { chromium } from "playwright-core";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -201,4 +202,32 @@ export async function screenshot(page, name) {
 /** A space name no other test uses. */
 export function uniqueSpace(prefix) {
   return `${prefix}-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+/**
+ * A demo page's suite: one relay and one Chromium for the file's tests
+ * (node:test `before`/`after` hooks). Returns `open(space, viewport)`: the page
+ * in a fresh browser profile (its own storage: everything between two pages
+ * goes through the relay), once its status reads online.
+ */
+export function demoSuite(path, defaultViewport) {
+  let relay;
+  let browser;
+  const contexts = [];
+  before(async () => {
+    relay = await Relay.start();
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    for (const c of contexts) await c.close().catch(() => {});
+    await browser?.close();
+    await relay?.close();
+  });
+  return async (space, viewport = defaultViewport) => {
+    const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
+    contexts.push(context);
+    const page = await openPage(context, `${relay.http}${path}?space=${encodeURIComponent(space)}`);
+    await waitFor(page, () => document.querySelector('[data-testid="status"]')?.textContent.trim() === "online", null, "status online");
+    return page;
+  };
 }

@@ -1,31 +1,10 @@
 // The Kanban demo (/demos/kanban.html) in two real browsers (separate
 // contexts: separate storage, so everything goes through the relay).
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { DEADLINE, Relay, launchBrowser, openPage, screenshot, uniqueSpace, waitFor } from "./harness.mjs";
+import { DEADLINE, demoSuite, screenshot, uniqueSpace, waitFor } from "./harness.mjs";
 
-let relay;
-let browser;
-const contexts = [];
-
-before(async () => {
-  relay = await Relay.start();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  for (const c of contexts) await c.close().catch(() => {});
-  await browser?.close();
-  await relay?.close();
-});
-
-async function open(space) {
-  const context = await browser.newContext({ viewport: { width: 1440, height: 860 }, deviceScaleFactor: 1 });
-  contexts.push(context);
-  const page = await openPage(context, `${relay.http}/demos/kanban.html?space=${encodeURIComponent(space)}`);
-  await waitFor(page, () => document.querySelector('[data-testid="status"]')?.textContent.trim() === "online", null, "status online");
-  return page;
-}
+const open = demoSuite("/demos/kanban.html", { width: 1440, height: 860 });
 
 /** Records in `page` when the next keydown of `key` happens (the user's action). */
 async function armAction(page, key = "Enter") {

@@ -1,9 +1,9 @@
 // The collaborative Markdown demo (/demos/markdown.html) in two real browsers
 // (separate contexts, so everything goes through the relay), and its
 // renderer (relay/web/demos/render.js) on its own in Node.
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { DEADLINE, Relay, launchBrowser, openPage, screenshot, uniqueSpace, waitFor } from "./harness.mjs";
+import { DEADLINE, demoSuite, screenshot, uniqueSpace, waitFor } from "./harness.mjs";
 import { escapeHtml, renderMarkdown } from "../../../relay/web/demos/render.js";
 
 // ------------------------------------------------------------- renderer ---
@@ -71,28 +71,7 @@ test("render.js: escapes all HTML before anything else", () => {
 
 // -------------------------------------------------------------- browser ---
 
-let relay;
-let browser;
-const contexts = [];
-
-before(async () => {
-  relay = await Relay.start();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  for (const c of contexts) await c.close().catch(() => {});
-  await browser?.close();
-  await relay?.close();
-});
-
-async function open(space, viewport = { width: 1440, height: 900 }) {
-  const context = await browser.newContext({ viewport, deviceScaleFactor: 1 });
-  contexts.push(context);
-  const page = await openPage(context, `${relay.http}/demos/markdown.html?space=${encodeURIComponent(space)}`);
-  await waitFor(page, () => document.querySelector('[data-testid="status"]')?.textContent.trim() === "online", null, "status online");
-  return page;
-}
+const open = demoSuite("/demos/markdown.html", { width: 1440, height: 900 });
 
 const inputs = '[data-testid="para-input"]';
 const values = (page) => page.evaluate((s) => [...document.querySelectorAll(s)].map((t) => t.value), inputs);

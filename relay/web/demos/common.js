@@ -177,6 +177,18 @@ const NAV = [
   { href: "/demos/markdown.html", label: "Markdown" },
 ];
 
+/** Copies this page's address with its space to the clipboard (or shows it), saying `copied`. */
+export async function copySpaceLink(demo, copied) {
+  const url = new URL(location.href);
+  url.searchParams.set("space", demo.space);
+  try {
+    await navigator.clipboard.writeText(url.href);
+    toast(copied, { duration: 3000 });
+  } catch {
+    toast(`Share this address: ${url.href}`, { duration: 6000 });
+  }
+}
+
 /**
  * Starts a demo page: connects, mounts the top bar into `<header data-topbar>`
  * and publishes `{name, page, ...}` as presence.

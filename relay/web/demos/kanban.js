@@ -8,7 +8,7 @@
 // This module holds the model, the actions and the rendering of the board;
 // editing titles and adding cards or columns are in kanban-editing.js, moving
 // cards (drag and drop, Alt+arrow keys) in kanban-drag.js.
-import { startDemo, h, icon, newId, toast, cursorLayer, initials, keepingFocus } from "./common.js";
+import { startDemo, copySpaceLink, h, icon, newId, toast, cursorLayer, initials, keepingFocus } from "./common.js";
 import {
   forgetEditor, forgetComposer, newColumnForm, addColEl,
   startEditCard, startRenameColumn, openComposer, renderComposerButton, renderAddColumn, openNewColumn,
@@ -360,16 +360,7 @@ $("kb-icon").append(icon("board"));
 $("kb-title").textContent = demo.space === "kanban" ? "Team board" : demo.space;
 $("kb-sub").append(statCols, h("span", { class: "sep", text: "·" }), statCards, h("span", { class: "sep", text: "·" }), statPeople);
 
-const copyLink = async () => {
-  const url = new URL(location.href);
-  url.searchParams.set("space", demo.space);
-  try {
-    await navigator.clipboard.writeText(url.href);
-    toast("Link copied — open it in another window to collaborate.", { duration: 3000 });
-  } catch {
-    toast(`Share this address: ${url.href}`, { duration: 6000 });
-  }
-};
+const copyLink = () => copySpaceLink(demo, "Link copied — open it in another window to collaborate.");
 $("kb-actions").append(
   h("button", { type: "button", class: "am-btn", on: { click: copyLink } }, icon("link"), "Copy link"),
   h("button", { type: "button", class: "am-btn am-btn-primary", "data-testid": "toolbar-add-column", on: { click: openNewColumn } }, icon("plus"), "Add column"),

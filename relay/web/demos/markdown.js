@@ -4,7 +4,7 @@
 // The preview is the only place user text becomes HTML, and only through
 // `renderMarkdown()` (render.js), which escapes everything first. Typing is
 // sent at most ~10 times a second per paragraph, plus once on blur.
-import { startDemo, h, icon, newId, toast, initials, keepingFocus } from "./common.js";
+import { startDemo, copySpaceLink, h, icon, newId, toast, initials, keepingFocus } from "./common.js";
 import { renderMarkdown } from "./render.js";
 
 const demo = startDemo({ page: "markdown", title: "Markdown document", defaultSpace: "markdown" });
@@ -454,16 +454,7 @@ const seg = h("div", { class: "md-seg", role: "group", "aria-label": "View" }, v
     },
   },
 })));
-const copyLink = async () => {
-  const url = new URL(location.href);
-  url.searchParams.set("space", demo.space);
-  try {
-    await navigator.clipboard.writeText(url.href);
-    toast("Link copied — open it in another window to write together.", { duration: 3000 });
-  } catch {
-    toast(`Share this address: ${url.href}`, { duration: 6000 });
-  }
-};
+const copyLink = () => copySpaceLink(demo, "Link copied — open it in another window to write together.");
 $("md-actions").append(seg, h("button", { type: "button", class: "am-btn", on: { click: copyLink } }, icon("link"), "Copy link"));
 
 new ResizeObserver(() => {
